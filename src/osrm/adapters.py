@@ -1,0 +1,126 @@
+"""OSRM adapters on peft: an ordinary LoRA whose ``lora_A`` starts in the OSRM subspace.
+
+No new peft type: the initialisation lives in the weights, so a saved adapter loads with plain
+``PeftModel.from_pretrained``. ``lora_B`` starts at zero, so at step 0 the model equals the base.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+
+from osrm import __version__
+from osrm.atomic import atomic_dir
+from osrm.errors import OsrmError
+
+PROVENANCE_FILE = "osrm_provenance.json"
+# peft inits that leave the base weights alone and only draw A/B; others (pissa, olora, eva,
+# corda, loftq) rewrite the base or need their own data, which an OSRM basis would contradict.
+_PLAIN_INITS = (True, False, "gaussian")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """How an adapter's ``A`` was initialised; saved as ``osrm_provenance.json`` beside it."""
+
+    task: str
+    init: str  # "lora" (peft default) or "osrm"
+    rank: int
+    mode: str | None = None  # cov | mean | contrast
+    options: dict = field(default_factory=dict)
+    stats_digests: dict = field(default_factory=dict)  # task -> statistics content hash
+    base_fingerprint: str | None = None
+    freeze_a: bool = False
+    osrm_version: str = __version__
+
+
+def lora_layers(peft_model: PeftModel, adapter_name: str = "default") -> dict[str, LoraLayer]:
+    """Base-model module name -> peft LoRA layer holding ``adapter_name``."""
+    inner = peft_model.base_model.model
+    return {
+        name: module
+        for name, module in inner.named_modules()
+        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+    }
+
+
+def attach_lora(
+    model: nn.Module,
+    lora_config: LoraConfig,
+    bases: Mapping[str, Tensor] | None = None,
+    freeze_a: bool = False,
+    adapter_name: str = "default",
+) -> PeftModel:
+    """Wrap ``model`` in a peft LoRA; with ``bases``, start each ``lora_A`` at its OSRM basis.
+
+    Args:
+        model: the base model (peft injects the adapter into it in place).
+        lora_config: an ordinary ``peft.LoraConfig``.
+        bases: base-model module name -> (r, d_in) basis with orthonormal rows, one per target
+            module. ``lora_B`` is zeroed so the outputs equal the base model's.
+        freeze_a: stop gradients into every ``lora_A`` (A keeps its initial subspace exactly).
+
+    Returns:
+        The ``PeftModel``; trainable parameters are the LoRA factors and ``modules_to_save``.
+    """
+    if bases is not None and lora_config.init_lora_weights not in _PLAIN_INITS:
+        raise OsrmError(
+            f"lora.init_lora_weights {lora_config.init_lora_weights!r} cannot take OSRM bases; "
+            f"expected one of {list(_PLAIN_INITS)}"
+        )
+    peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
+    layers = lora_layers(peft_model, adapter_name)
+    if bases is not None:
+        _write_bases(layers, bases, adapter_name)
+    if freeze_a:
+        for layer in layers.values():
+            layer.lora_A[adapter_name].weight.requires_grad_(False)
+    return peft_model
+
+
+def _write_bases(layers: Mapping[str, LoraLayer], bases: Mapping[str, Tensor], adapter_name: str) -> None:
+    missing, extra = sorted(set(layers) - set(bases)), sorted(set(bases) - set(layers))
+    if missing or extra:
+        raise OsrmError(
+            f"bases do not match the LoRA target modules: missing {missing[:3]}, unexpected {extra[:3]}"
+        )
+    with torch.no_grad():
+        for name, layer in layers.items():
+            weight_a = layer.lora_A[adapter_name].weight  # (r, d_in)
+            if tuple(bases[name].shape) != tuple(weight_a.shape):
+                raise OsrmError(
+                    f"basis for {name} has shape {tuple(bases[name].shape)}, "
+                    f"expected (r, d_in) = {tuple(weight_a.shape)}"
+                )
+            weight_a.copy_(bases[name].to(weight_a.dtype))
+            layer.lora_B[adapter_name].weight.zero_()
+
+
+def save_adapter(
+    peft_model: PeftModel, out_dir: str | Path, provenance: Provenance | None = None
+) -> Path:
+    """``save_pretrained`` into ``out_dir`` atomically, with the OSRM provenance beside it."""
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        peft_model.save_pretrained(str(tmp))
+        if provenance is not None:
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
+    return out_dir
+
+
+def load_provenance(adapter_dir: str | Path) -> Provenance | None:
+    """The provenance saved beside an adapter, or None for adapters not made by osrm."""
+    path = Path(adapter_dir) / PROVENANCE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Provenance(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise OsrmError(f"{path}: not a valid osrm provenance file ({e})") from None

@@ -1,0 +1,304 @@
+"""OSRM subspaces: the row space each task's LoRA ``A`` starts in.
+
+Zhang & Zhou, ACL 2025 (arXiv:2505.22934), §3: ``A_i = argmin_{A Aᵀ = I_r} tr(A C_{-i} Aᵀ)``,
+whose minimiser (Ky Fan) is the r eigenvectors of the other tasks' input second moment
+``C_{-i}`` with the smallest eigenvalues, as rows. Three modes (method.md §2, §4, §7):
+
+- ``cov``: the paper; ``C_{-i}`` = mean over the other tasks j of ``xtx_j / count_j``.
+- ``mean``: the reference code; null space of the stacked other-task mean inputs.
+- ``contrast``: ours; top generalised eigenvectors of ``C_i v = μ (C_{-i} + δ I) v``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from osrm.errors import OsrmError
+from osrm.stats import LayerStats, StatsMeta
+
+MODES = ("cov", "mean", "contrast")
+WEIGHTINGS = ("equal", "tokens")
+MEAN_BASES = ("svd", "random")
+
+StatsByTask = Mapping[str, Mapping[str, LayerStats]]
+
+
+def moment(stats: Sequence[LayerStats], weighting: str = "equal", center: bool = False) -> Tensor:
+    """(d, d) float64 second moment (or covariance) of several tasks' inputs.
+
+    ``equal`` averages the per-task moments so a big task does not dominate; ``tokens`` pools
+    all tokens.
+    """
+    if weighting == "tokens":
+        pooled = sum(stats)
+        return pooled.covariance() if center else pooled.second_moment()
+    mats = [s.covariance() if center else s.second_moment() for s in stats]
+    return torch.stack([m.double() for m in mats]).mean(0).double()
+
+
+def other_moment(
+    stats_by_task: StatsByTask, task: str, module: str, weighting: str = "equal", center: bool = False
+) -> Tensor:
+    """``C_{-i}`` (d, d): the moment of every task but ``task`` at ``module``."""
+    return moment([s[module] for t, s in stats_by_task.items() if t != task], weighting, center)
+
+
+def fix_sign(rows: Tensor) -> Tensor:
+    """Flip each row so its largest-magnitude entry is positive (eigh/SVD signs are arbitrary)."""
+    idx = rows.abs().argmax(dim=1, keepdim=True)
+    return rows * torch.sign(rows.gather(1, idx))
+
+
+def random_orthonormal(rank: int, d: int, generator: torch.Generator) -> Tensor:
+    """(rank, d) float64 rows drawn uniformly (QR of a Gaussian) with orthonormal rows."""
+    q, _ = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float64))
+    return q.T.contiguous()
+
+
+def seeded_generator(seed: int, *keys: str) -> torch.Generator:
+    """A generator whose seed depends on ``seed`` and the keys (e.g. task and module)."""
+    salt = zlib.crc32("/".join(keys).encode())
+    return torch.Generator().manual_seed((seed * 1_000_003 + salt) % 2**63)
+
+
+def smallest_eigvecs(c: Tensor, rank: int) -> Tensor:
+    """(rank, d): eigenvectors of symmetric ``c`` with the smallest eigenvalues, as rows."""
+    _, vecs = torch.linalg.eigh(c.double())  # eigh returns ascending eigenvalues
+    return fix_sign(vecs[:, :rank].T.contiguous())
+
+
+def mean_null_basis(means: Tensor, rank: int, basis: str, generator: torch.Generator) -> Tensor:
+    """(rank, d) orthonormal rows inside the null space of the rows of ``means`` (m, d).
+
+    ``svd`` takes the trailing right-singular vectors as the reference code does; ``random``
+    draws a seeded random orthonormal basis of the same null space.
+    """
+    means = means.double()
+    _, sing, vh = torch.linalg.svd(means, full_matrices=True)  # vh: (d, d)
+    d = vh.shape[0]
+    tol = sing.max().clamp_min(1e-300) * max(means.shape) * torch.finfo(torch.float64).eps
+    null = vh[int((sing > tol).sum()) :]  # (d - rank(means), d)
+    if rank > null.shape[0]:
+        raise OsrmError(f"rank {rank} exceeds the null space of the other tasks' means (dimension {null.shape[0]} of {d})")
+    if basis == "svd":
+        return fix_sign(vh[-rank:].contiguous())
+    return fix_sign(random_orthonormal(rank, null.shape[0], generator) @ null)
+
+
+def contrast_basis(c_own: Tensor, c_other: Tensor, rank: int, ridge: float) -> Tensor:
+    """(rank, d): top generalised eigenvectors of ``C_i v = μ (C_{-i} + δ I) v``, orthonormalised.
+
+    ``δ = ridge · tr(C_{-i}) / d``. Solved as a standard symmetric problem through the Cholesky
+    factor ``L`` of ``C_{-i} + δ I``: eigenvectors ``w`` of ``L⁻¹ C_i L⁻ᵀ`` give ``v = L⁻ᵀ w``.
+    """
+    c_own, c_other = c_own.double(), c_other.double()
+    d = c_other.shape[0]
+    delta = ridge * torch.trace(c_other) / d
+    chol = torch.linalg.cholesky(c_other + delta * torch.eye(d, dtype=torch.float64))
+    half = torch.linalg.solve_triangular(chol, c_own, upper=False)  # L⁻¹ C_i
+    whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L⁻¹ C_i L⁻ᵀ
+    _, w = torch.linalg.eigh((whitened + whitened.T) / 2)
+    v = torch.linalg.solve_triangular(chol.T, w[:, -rank:].flip(1), upper=True)  # (d, rank)
+    q, _ = torch.linalg.qr(v)  # same span, orthonormal columns
+    return fix_sign(q.T.contiguous())
+
+
+@dataclass(frozen=True)
+class SubspaceOptions:
+    """How to build ``C_{-i}`` and solve for A (see :func:`osrm_bases`)."""
+
+    mode: str = "cov"
+    weighting: str = "equal"
+    center: bool = False
+    basis: str = "svd"
+    ridge: float = 1e-2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (
+            ("mode", self.mode, MODES),
+            ("weighting", self.weighting, WEIGHTINGS),
+            ("basis", self.basis, MEAN_BASES),
+        ):
+            if value not in valid:
+                raise OsrmError(f"{name} {value!r}: expected one of {list(valid)}")
+        if not self.ridge > 0:
+            raise OsrmError(f"ridge {self.ridge!r}: expected a positive number")
+
+
+def osrm_bases(
+    stats_by_task: StatsByTask,
+    task: str,
+    rank: int,
+    mode: str = "cov",
+    *,
+    weighting: str = "equal",
+    center: bool = False,
+    basis: str = "svd",
+    ridge: float = 1e-2,
+    seed: int = 0,
+    metas: Mapping[str, StatsMeta] | None = None,
+) -> dict[str, Tensor]:
+    """OSRM initial ``A`` for every module of ``task``.
+
+    Args:
+        stats_by_task: task -> module -> statistics (all tasks, ``task`` included).
+        task: the task whose adapter is being initialised.
+        rank: LoRA rank r.
+        mode: ``cov`` (paper), ``mean`` (reference code) or ``contrast`` (ours).
+        weighting: ``equal`` (mean of per-task moments) or ``tokens`` (pooled) for ``C_{-i}``.
+        center: use covariances (``xtx/n − μμᵀ``) instead of second moments.
+        basis: for ``mean`` mode, ``svd`` (reference) or ``random`` (seeded, same null space).
+        ridge: for ``contrast`` mode, δ relative to ``tr(C_{-i})/d``.
+        seed: for ``basis="random"``.
+        metas: optional file metadata per task; base-weight fingerprints must agree.
+
+    Returns:
+        module -> (rank, d_in) float64 with orthonormal rows. Modules sharing one accumulation
+        (q and v of a layer) get the same tensor.
+    """
+    opts = SubspaceOptions(mode, weighting, center, basis, ridge, seed)
+    modules = check_stats(stats_by_task, task, rank, metas)
+    out: dict[str, Tensor] = {}
+    solved: dict[tuple[int, ...], Tensor] = {}
+    for module in modules:
+        key = tuple(id(s[module]) for s in stats_by_task.values())
+        if key not in solved:
+            try:
+                solved[key] = _solve(stats_by_task, task, module, rank, opts)
+            except OsrmError as e:
+                raise OsrmError(f"task {task!r}, module {module}: {e}") from None
+        out[module] = solved[key]
+    return out
+
+
+def _solve(stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions) -> Tensor:
+    if opts.mode == "cov":
+        return smallest_eigvecs(other_moment(stats_by_task, task, module, opts.weighting, opts.center), rank)
+    if opts.mode == "mean":
+        means = torch.stack([s[module].mean() for t, s in stats_by_task.items() if t != task])
+        return mean_null_basis(means, rank, opts.basis, seeded_generator(opts.seed, task, module))
+    c_own = moment([stats_by_task[task][module]], center=opts.center)
+    c_other = other_moment(stats_by_task, task, module, opts.weighting, opts.center)
+    return contrast_basis(c_own, c_other, rank, opts.ridge)
+
+
+def check_stats(
+    stats_by_task: StatsByTask,
+    task: str,
+    rank: int,
+    metas: Mapping[str, StatsMeta] | None = None,
+) -> list[str]:
+    """Validate the inputs of :func:`osrm_bases`; return the sorted module names."""
+    tasks = list(stats_by_task)
+    if task not in stats_by_task:
+        raise OsrmError(f"unknown task {task!r}; statistics are for {tasks}")
+    if len(tasks) < 2:
+        raise OsrmError(f"OSRM needs statistics of at least 2 tasks, got {tasks}")
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise OsrmError(f"rank {rank!r}: expected a positive integer")
+    modules = sorted(stats_by_task[task])
+    for other in tasks:
+        diff = sorted(set(modules) ^ set(stats_by_task[other]))
+        if diff:
+            raise OsrmError(f"tasks {task!r} and {other!r} have statistics for different modules: {diff[:4]}")
+    for module in modules:
+        dims = {t: s[module].d_in for t, s in stats_by_task.items()}
+        if len(set(dims.values())) > 1:
+            raise OsrmError(f"module {module}: input dimensions differ between tasks {dims}")
+        if rank > dims[task]:
+            raise OsrmError(f"rank {rank} exceeds d_in {dims[task]} of module {module}")
+    if metas is not None:
+        prints = {t: metas[t].fingerprint for t in tasks if t in metas}
+        if len(set(prints.values())) > 1:
+            raise OsrmError(f"statistics come from different base weights (fingerprints {prints})")
+    return modules
+
+
+@dataclass(frozen=True)
+class EnergyRow:
+    """Input energy captured by one task's A at one module, relative to the trace.
+
+    ``other`` = tr(A C_{-i} Aᵀ) / tr(C_{-i}) (what OSRM minimises); ``own`` = tr(A C_i Aᵀ) / tr(C_i)
+    (what the adapter can still see of its own task); ``*_random`` the same for a random
+    orthonormal A of the same rank (expected r/d).
+    """
+
+    task: str
+    module: str
+    other: float
+    own: float
+    other_random: float
+    own_random: float
+
+
+@dataclass(frozen=True)
+class OverlapRow:
+    """Subspace overlap ‖A_a A_bᵀ‖²_F / r between two tasks at one module (1 = same subspace)."""
+
+    task_a: str
+    task_b: str
+    module: str
+    overlap: float
+
+
+def energy(a: Tensor, c: Tensor) -> float:
+    """tr(A C Aᵀ) / tr(C) for A (r, d) and C (d, d)."""
+    a = a.double()
+    return float(torch.einsum("rd,de,re->", a, c.double(), a) / torch.trace(c.double()))
+
+
+def subspace_report(
+    stats_by_task: StatsByTask,
+    bases_by_task: Mapping[str, Mapping[str, Tensor]],
+    *,
+    weighting: str = "equal",
+    center: bool = False,
+    seed: int = 0,
+) -> tuple[list[EnergyRow], list[OverlapRow]]:
+    """Energies of each task's A against its own and the other tasks' inputs, and overlaps.
+
+    Args:
+        stats_by_task: task -> module -> statistics.
+        bases_by_task: task -> module -> (r, d_in) A with orthonormal rows.
+        weighting, center: how ``C_{-i}`` is formed (as for :func:`osrm_bases`).
+        seed: for the random orthonormal A used as reference.
+    """
+    rows = []
+    for task, bases in bases_by_task.items():
+        for module, a in sorted(bases.items()):
+            c_other = other_moment(stats_by_task, task, module, weighting, center)
+            c_own = moment([stats_by_task[task][module]], center=center)
+            rand = random_orthonormal(a.shape[0], a.shape[1], seeded_generator(seed, task, module))
+            rows.append(EnergyRow(task, module, energy(a, c_other), energy(a, c_own),
+                                  energy(rand, c_other), energy(rand, c_own)))
+    tasks = list(bases_by_task)
+    overlaps = []
+    for i, ta in enumerate(tasks):
+        for tb in tasks[i + 1 :]:
+            for module in sorted(set(bases_by_task[ta]) & set(bases_by_task[tb])):
+                a, b = bases_by_task[ta][module].double(), bases_by_task[tb][module].double()
+                value = float((a @ b.T).square().sum() / min(a.shape[0], b.shape[0]))
+                overlaps.append(OverlapRow(ta, tb, module, value))
+    return rows, overlaps
+
+
+def summarise_report(
+    energies: Sequence[EnergyRow], overlaps: Sequence[OverlapRow]
+) -> list[dict[str, float | str]]:
+    """Per task, the module-averaged energies and the mean overlap with the other tasks."""
+    out = []
+    for task in dict.fromkeys(r.task for r in energies):
+        mine = [r for r in energies if r.task == task]
+        pairs = [o.overlap for o in overlaps if task in (o.task_a, o.task_b)]
+        row: dict[str, float | str] = {"task": task}
+        for key in ("other", "own", "other_random", "own_random"):
+            row[key] = sum(getattr(r, key) for r in mine) / len(mine)
+        row["overlap"] = sum(pairs) / len(pairs) if pairs else float("nan")
+        out.append(row)
+    return out
