@@ -85,11 +85,14 @@ def attach_lora(
     return peft_model
 
 
-def _write_bases(layers: Mapping[str, LoraLayer], bases: Mapping[str, Tensor], adapter_name: str) -> None:
+def _write_bases(
+    layers: Mapping[str, LoraLayer], bases: Mapping[str, Tensor], adapter_name: str
+) -> None:
     missing, extra = sorted(set(layers) - set(bases)), sorted(set(bases) - set(layers))
     if missing or extra:
         raise OsrmError(
-            f"bases do not match the LoRA target modules: missing {missing[:3]}, unexpected {extra[:3]}"
+            "bases do not match the LoRA target modules: "
+            f"missing {missing[:3]}, unexpected {extra[:3]}"
         )
     with torch.no_grad():
         for name, layer in layers.items():

@@ -42,7 +42,11 @@ def moment(stats: Sequence[LayerStats], weighting: str = "equal", center: bool =
 
 
 def other_moment(
-    stats_by_task: StatsByTask, task: str, module: str, weighting: str = "equal", center: bool = False
+    stats_by_task: StatsByTask,
+    task: str,
+    module: str,
+    weighting: str = "equal",
+    center: bool = False,
 ) -> Tensor:
     """``C_{-i}`` (d, d): the moment of every task but ``task`` at ``module``."""
     return moment([s[module] for t, s in stats_by_task.items() if t != task], weighting, center)
@@ -84,7 +88,10 @@ def mean_null_basis(means: Tensor, rank: int, basis: str, generator: torch.Gener
     tol = sing.max().clamp_min(1e-300) * max(means.shape) * torch.finfo(torch.float64).eps
     null = vh[int((sing > tol).sum()) :]  # (d - rank(means), d)
     if rank > null.shape[0]:
-        raise OsrmError(f"rank {rank} exceeds the null space of the other tasks' means (dimension {null.shape[0]} of {d})")
+        raise OsrmError(
+            f"rank {rank} exceeds the null space of the other tasks' means "
+            f"(dimension {null.shape[0]} of {d})"
+        )
     if basis == "svd":
         return fix_sign(vh[-rank:].contiguous())
     return fix_sign(random_orthonormal(rank, null.shape[0], generator) @ null)
@@ -177,9 +184,13 @@ def osrm_bases(
     return out
 
 
-def _solve(stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions) -> Tensor:
+def _solve(
+    stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions
+) -> Tensor:
     if opts.mode == "cov":
-        return smallest_eigvecs(other_moment(stats_by_task, task, module, opts.weighting, opts.center), rank)
+        return smallest_eigvecs(
+            other_moment(stats_by_task, task, module, opts.weighting, opts.center), rank
+        )
     if opts.mode == "mean":
         means = torch.stack([s[module].mean() for t, s in stats_by_task.items() if t != task])
         return mean_null_basis(means, rank, opts.basis, seeded_generator(opts.seed, task, module))
@@ -206,7 +217,9 @@ def check_stats(
     for other in tasks:
         diff = sorted(set(modules) ^ set(stats_by_task[other]))
         if diff:
-            raise OsrmError(f"tasks {task!r} and {other!r} have statistics for different modules: {diff[:4]}")
+            raise OsrmError(
+                f"tasks {task!r} and {other!r} have statistics for different modules: {diff[:4]}"
+            )
     for module in modules:
         dims = {t: s[module].d_in for t, s in stats_by_task.items()}
         if len(set(dims.values())) > 1:
@@ -218,87 +231,3 @@ def check_stats(
         if len(set(prints.values())) > 1:
             raise OsrmError(f"statistics come from different base weights (fingerprints {prints})")
     return modules
-
-
-@dataclass(frozen=True)
-class EnergyRow:
-    """Input energy captured by one task's A at one module, relative to the trace.
-
-    ``other`` = tr(A C_{-i} Aᵀ) / tr(C_{-i}) (what OSRM minimises); ``own`` = tr(A C_i Aᵀ) / tr(C_i)
-    (what the adapter can still see of its own task); ``*_random`` the same for a random
-    orthonormal A of the same rank (expected r/d).
-    """
-
-    task: str
-    module: str
-    other: float
-    own: float
-    other_random: float
-    own_random: float
-
-
-@dataclass(frozen=True)
-class OverlapRow:
-    """Subspace overlap ‖A_a A_bᵀ‖²_F / r between two tasks at one module (1 = same subspace)."""
-
-    task_a: str
-    task_b: str
-    module: str
-    overlap: float
-
-
-def energy(a: Tensor, c: Tensor) -> float:
-    """tr(A C Aᵀ) / tr(C) for A (r, d) and C (d, d)."""
-    a = a.double()
-    return float(torch.einsum("rd,de,re->", a, c.double(), a) / torch.trace(c.double()))
-
-
-def subspace_report(
-    stats_by_task: StatsByTask,
-    bases_by_task: Mapping[str, Mapping[str, Tensor]],
-    *,
-    weighting: str = "equal",
-    center: bool = False,
-    seed: int = 0,
-) -> tuple[list[EnergyRow], list[OverlapRow]]:
-    """Energies of each task's A against its own and the other tasks' inputs, and overlaps.
-
-    Args:
-        stats_by_task: task -> module -> statistics.
-        bases_by_task: task -> module -> (r, d_in) A with orthonormal rows.
-        weighting, center: how ``C_{-i}`` is formed (as for :func:`osrm_bases`).
-        seed: for the random orthonormal A used as reference.
-    """
-    rows = []
-    for task, bases in bases_by_task.items():
-        for module, a in sorted(bases.items()):
-            c_other = other_moment(stats_by_task, task, module, weighting, center)
-            c_own = moment([stats_by_task[task][module]], center=center)
-            rand = random_orthonormal(a.shape[0], a.shape[1], seeded_generator(seed, task, module))
-            rows.append(EnergyRow(task, module, energy(a, c_other), energy(a, c_own),
-                                  energy(rand, c_other), energy(rand, c_own)))
-    tasks = list(bases_by_task)
-    overlaps = []
-    for i, ta in enumerate(tasks):
-        for tb in tasks[i + 1 :]:
-            for module in sorted(set(bases_by_task[ta]) & set(bases_by_task[tb])):
-                a, b = bases_by_task[ta][module].double(), bases_by_task[tb][module].double()
-                value = float((a @ b.T).square().sum() / min(a.shape[0], b.shape[0]))
-                overlaps.append(OverlapRow(ta, tb, module, value))
-    return rows, overlaps
-
-
-def summarise_report(
-    energies: Sequence[EnergyRow], overlaps: Sequence[OverlapRow]
-) -> list[dict[str, float | str]]:
-    """Per task, the module-averaged energies and the mean overlap with the other tasks."""
-    out = []
-    for task in dict.fromkeys(r.task for r in energies):
-        mine = [r for r in energies if r.task == task]
-        pairs = [o.overlap for o in overlaps if task in (o.task_a, o.task_b)]
-        row: dict[str, float | str] = {"task": task}
-        for key in ("other", "own", "other_random", "own_random"):
-            row[key] = sum(getattr(r, key) for r in mine) / len(mine)
-        row["overlap"] = sum(pairs) / len(pairs) if pairs else float("nan")
-        out.append(row)
-    return out

