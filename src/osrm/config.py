@@ -1,0 +1,142 @@
+"""Experiment configuration: YAML mapped onto frozen pydantic models, unknown keys rejected.
+
+``load_config(path, overrides)`` reads a YAML file, applies dotted ``key=value`` overrides
+(values parsed as YAML, e.g. ``lora.rank=16`` or ``tasks=[trec,sms_spam]``) and validates the
+result. Every error names the file or field and the expected value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from osrm.errors import OsrmError
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "sentence-transformers/all-MiniLM-L6-v2", description="hub name, alias or local dir"
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(
+        "auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    trust_remote_code: bool = False
+
+
+class LoraSection(Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+
+
+class StatsSection(Section):
+    examples: int = Field(256, ge=1, description="training examples per task for the statistics")
+    batch_size: int = Field(32, ge=1)
+    max_length: int = Field(64, ge=2)
+    mask: Literal["attention", "none"] = "attention"
+
+
+class SubspaceSection(Section):
+    modes: list[Literal["cov", "mean", "contrast"]] = Field(
+        default_factory=lambda: ["cov"], min_length=1
+    )
+    weighting: Literal["equal", "tokens"] = "equal"
+    center: bool = False
+    basis: Literal["svd", "random"] = "svd"
+    ridge: float = Field(1e-2, gt=0)
+
+
+class ExperimentConfig(Section):
+    """The whole experiment (one run directory)."""
+
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    tasks: list[str] = Field(min_length=2)
+    lora: LoraSection = LoraSection()
+    stats: StatsSection = StatsSection()
+    subspace: SubspaceSection = SubspaceSection()
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted ``key=value`` overrides applied (values as YAML)."""
+    out = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise OsrmError(f"override {item!r}: expected key=value, e.g. lora.rank=16")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise OsrmError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise OsrmError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def parse_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
+    """Validate a mapping; the first error becomes one line naming the field."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as e:
+        raise OsrmError(f"{source}: {_first_error(e)}") from None
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        section = _section_at(err["loc"][:-1])
+        return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
+    return f"field {loc!r}: {err['msg']} (got {err.get('input')!r})"
+
+
+def _section_at(path: Sequence[Any]) -> type[BaseModel]:
+    model: type[BaseModel] = ExperimentConfig
+    for part in path:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply overrides, validate."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as e:
+        raise OsrmError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise OsrmError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise OsrmError(f"{path}: expected a mapping of sections at the top level")
+    return parse_config(apply_overrides(data, overrides), str(path))
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved config as YAML (what a run directory records)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
