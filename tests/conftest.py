@@ -17,6 +17,8 @@ from transformers import (  # noqa: E402
     BertForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
 )
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -38,6 +40,17 @@ def make_tiny_bert(seed: int = 0, num_labels: int = 3) -> BertForSequenceClassif
         attention_probs_dropout_prob=0.0,
     )
     return BertForSequenceClassification(cfg).eval()
+
+
+def make_tiny_roberta(seed: int = 0, num_labels: int = 3) -> RobertaForSequenceClassification:
+    """A seeded random 2-layer RoBERTa classifier (hidden 32), pad id 0."""
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=80, num_labels=num_labels, pad_token_id=0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    return RobertaForSequenceClassification(cfg).eval()
 
 
 def make_tiny_llama(seed: int = 0, num_labels: int = 3) -> LlamaForSequenceClassification:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel
 
-from conftest import make_tiny_bert, make_tiny_llama, synthetic_batches
+from conftest import make_tiny_bert, make_tiny_llama, make_tiny_roberta, synthetic_batches
 from osrm.adapters import (
     PROVENANCE_FILE,
     Provenance,
@@ -25,6 +25,7 @@ from osrm.subspace import osrm_bases
 MODELS = {
     "bert": (make_tiny_bert, ["query", "value"]),
     "llama": (make_tiny_llama, ["q_proj", "v_proj"]),
+    "roberta": (make_tiny_roberta, ["query", "value"]),
 }
 
 
@@ -80,7 +81,7 @@ def test_round_trip_through_vanilla_peft(arch, tmp_path):
         for layer in lora_layers(model).values():
             layer.lora_B["default"].weight.normal_(0, 0.5)
         for p in model.base_model.model.get_submodule(
-            "classifier" if arch == "bert" else "score"
+            "score" if arch == "llama" else "classifier"
         ).parameters():
             p.add_(0.3)
     batches = synthetic_batches(6, 6, 3)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import make_tiny_bert, make_tiny_llama, synthetic_batches
+from conftest import make_tiny_bert, make_tiny_llama, make_tiny_roberta, synthetic_batches
 from osrm.errors import OsrmError
 from osrm.stats import (
     LayerStats,
@@ -49,6 +49,18 @@ def test_bert_hooks_equal_direct_xtx():
         torch.testing.assert_close(s.xsum, x.sum(0), rtol=1e-10, atol=1e-9)
         assert s.count == x.shape[0] == sum(int(b["attention_mask"].sum()) for b in batches)
         assert s.xtx.dtype == torch.float64
+
+
+def test_roberta_hooks_equal_direct_xtx_and_padding_ignored():
+    model = make_tiny_roberta()
+    padded, single = synthetic_batches(10, 6, 3), synthetic_batches(10, 6, 1)
+    stats = collect_stats(model, padded, QV, progress=False)
+    for i, x in direct_inputs(model, padded, lambda m, i, h: h).items():
+        s = stats[f"roberta.encoder.layer.{i}.attention.self.value"]
+        torch.testing.assert_close(s.xtx, x.T @ x, rtol=1e-10, atol=1e-9)
+    ref = collect_stats(model, single, QV, progress=False)
+    for name in ref:
+        torch.testing.assert_close(stats[name].xtx, ref[name].xtx, rtol=1e-5, atol=1e-5)
 
 
 def test_llama_hooks_equal_direct_xtx_after_norm():

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from osrm.subspace import StatsByTask, moment, other_moment, random_orthonormal, seeded_generator
+from osrm.linalg import StatsByTask, moment, other_moment, random_orthonormal, seeded_generator
 
 
 @dataclass(frozen=True)
