@@ -19,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from osrm.cli import quiet_libraries  # noqa: E402
 from osrm.data import batches, encode  # noqa: E402
 from osrm.models import load_model  # noqa: E402
 from osrm.stats import collect_stats  # noqa: E402
@@ -35,6 +36,7 @@ def main() -> dict:
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    quiet_libraries()
     model, tok = load_model("sentence-transformers/all-MiniLM-L6-v2", num_labels=2)
     model.eval()
     data = load_task(args.task, "train", max_examples=args.examples)

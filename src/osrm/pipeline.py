@@ -5,21 +5,26 @@ Library modules take in-memory objects; only this module (and the CLI) touch pat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from osrm import __version__
+from osrm.adapters import RECORD_FILE, Provenance, attach_lora, save_adapter
 from osrm.atomic import atomic_file
 from osrm.config import ExperimentConfig, dump_config, load_config
 from osrm.data import batches, encode
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
+from osrm.evaluate import evaluate
 from osrm.models import load_model
 from osrm.report import markdown_table
 from osrm.stats import (
@@ -29,10 +34,12 @@ from osrm.stats import (
     find_target_modules,
     load_stats,
     save_stats,
+    stats_digest,
     weight_fingerprint,
 )
 from osrm.subspace import osrm_bases
-from osrm.tasks import load_task
+from osrm.tasks import get_task, load_task
+from osrm.train import train
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -124,6 +131,141 @@ def subspace_stage(
         )
         out[mode] = summarise_report(energies, overlaps)
     return out
+
+
+def lora_config(cfg: ExperimentConfig) -> LoraConfig:
+    """The peft config of every adapter in the experiment (head kept via modules_to_save)."""
+    return LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="SEQ_CLS",
+    )
+
+
+def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
+    """Hash of what determines an artifact: model, LoRA and training settings, seed, parts."""
+    payload = [cfg.model.model_dump(), cfg.lora.model_dump(), cfg.train.model_dump(), cfg.seed]
+    blob = json.dumps([*payload, *map(str, parts)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# init name -> OSRM subspace mode (None: peft's default LoRA init)
+INIT_MODES = {"lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast"}
+
+
+def init_bases(
+    cfg: ExperimentConfig,
+    init: str,
+    task: str,
+    stats_by_task: TaskStats,
+    metas: dict[str, StatsMeta],
+) -> tuple[dict[str, torch.Tensor] | None, Provenance]:
+    """The initial A of ``task``'s adapter for ``init``, and its provenance."""
+    mode = INIT_MODES[init]
+    sub = cfg.subspace
+    options = {
+        "weighting": sub.weighting,
+        "center": sub.center,
+        "basis": sub.basis,
+        "ridge": sub.ridge,
+    }
+    prov = Provenance(
+        task=task, init=init, rank=cfg.lora.rank, mode=mode, options=options if mode else {},
+        stats_digests={t: stats_digest(s) for t, s in stats_by_task.items()} if mode else {},
+        base_fingerprint=metas[task].fingerprint if task in metas else None,
+        freeze_a=cfg.train.freeze_a,
+    )  # fmt: skip
+    if mode is None:
+        return None, prov
+    bases = osrm_bases(
+        stats_by_task, task, cfg.lora.rank, mode, seed=cfg.seed, metas=metas, **options
+    )
+    return bases, prov
+
+
+def adapter_stage(
+    cfg: ExperimentConfig, run_dir: Path, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+) -> dict[tuple[str, str], Path]:
+    """Train every (init, task) adapter into ``adapters/<init>/<task>``, skipping finished ones.
+
+    An adapter directory counts as finished when its training record matches this config.
+    """
+    out = {}
+    for init in cfg.lora.inits:
+        for task in cfg.tasks:
+            path = run_dir / "adapters" / init / task
+            bases, prov = init_bases(cfg, init, task, stats_by_task, metas)
+            record = path / RECORD_FILE
+            expected = run_fingerprint(cfg, task, init, prov)
+            if record.is_file() and json.loads(record.read_text()).get("fingerprint") == expected:
+                log.info("adapter %s/%s: reusing %s", init, task, path)
+            else:
+                log.info("adapter %s/%s: training", init, task)
+                train_task(cfg, task, path, bases=bases, provenance=prov)
+            out[init, task] = path
+    return out
+
+
+def train_task(
+    cfg: ExperimentConfig,
+    task: str,
+    out_dir: Path,
+    *,
+    bases: dict[str, torch.Tensor] | None = None,
+    provenance: Provenance | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train one task's adapter (peft default init, or OSRM ``bases``) and save it atomically.
+
+    The base model and head are drawn with ``cfg.seed``, so every init of a task starts from
+    the same head and sees the same batches. Checkpoints go to ``.<out_dir>.ckpt`` beside the
+    adapter and are removed once the adapter is saved.
+    """
+    spec = get_task(task)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base(cfg, spec.num_labels)
+    init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
+    peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=cfg.train.freeze_a)
+    data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.train.max_train_examples)
+    encoded = encode(data, tokenizer, cfg.train.max_length)
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+
+    def epoch_batches(epoch: int):
+        return batches(
+            encoded, tokenizer, micro, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+            group_by_length=cfg.train.group_by_length,
+        )  # fmt: skip
+
+    ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
+    fingerprint = run_fingerprint(cfg, task, init, provenance)
+    result = train(peft_model, epoch_batches, cfg.train, checkpoint_dir=ckpt,
+                   fingerprint=fingerprint, progress=progress)  # fmt: skip
+    record = {
+        "task": task, "init": init, "seed": cfg.seed, "model": cfg.model.name,
+        "train": cfg.train.model_dump(), "lora": cfg.lora.model_dump(),
+        "train_examples": len(data), "steps": result.steps, "seconds": result.seconds,
+        "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
+        "fingerprint": fingerprint, "osrm_version": __version__,
+    }  # fmt: skip
+    save_adapter(peft_model, out_dir, provenance, record)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return record
+
+
+def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, task: str):
+    """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
+    model, tokenizer = load_base(cfg, get_task(task).num_labels)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
+
+
+def eval_task(cfg: ExperimentConfig, model: nn.Module, tokenizer, task: str) -> dict[str, float]:
+    """Metrics of ``model`` on ``task``'s evaluation split as configured."""
+    return evaluate(
+        model, task, cfg.eval.split, tokenizer=tokenizer, max_length=cfg.train.max_length,
+        batch_size=cfg.eval.batch_size, seed=cfg.seed, max_examples=cfg.eval.max_eval_examples,
+    )  # fmt: skip
 
 
 def write_json(path: Path, data: object) -> None:

@@ -1,0 +1,86 @@
+"""Benchmark: seconds per training step with dynamic padding vs padding to max length 128.
+
+The reference OSRM code pads every sequence to 128 tokens; osrm pads each batch to its longest
+sequence. Same model (all-MiniLM-L6-v2, LoRA r=8 on query/value + head), same examples in the same
+order, same run; the two settings alternate and the median over repeats is reported.
+
+    python bench/train_speed.py [--task rotten_tomatoes] [--steps 20] [--repeats 3] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from peft import LoraConfig  # noqa: E402
+
+from osrm.adapters import attach_lora  # noqa: E402
+from osrm.cli import quiet_libraries  # noqa: E402
+from osrm.config import TrainSection  # noqa: E402
+from osrm.data import batches, encode  # noqa: E402
+from osrm.models import load_model  # noqa: E402
+from osrm.tasks import get_task, load_task  # noqa: E402
+from osrm.train import train  # noqa: E402
+
+
+def seconds_per_step(task: str, steps: int, pad_to_max: bool, max_length: int) -> tuple[float, int]:
+    spec = get_task(task)
+    torch.manual_seed(0)
+    model, tok = load_model("sentence-transformers/all-MiniLM-L6-v2", spec.num_labels)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], task_type="SEQ_CLS")
+    model = attach_lora(model, lora)
+    data = load_task(spec, "train", max_examples=steps * 16)
+    enc = encode(data, tok, max_length)
+
+    def epoch(e: int):
+        return batches(
+            enc, tok, 16, shuffle=True, seed=e, pad_to_max_length=pad_to_max, max_length=max_length
+        )
+
+    cfg = TrainSection(steps=steps, lr=1e-3, batch_size=16, checkpoint_every=0)
+    result = train(model, epoch, cfg, progress=False)
+    return result.seconds / result.steps, result.tokens
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="rotten_tomatoes")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--json", help="also write the result here")
+    args = parser.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    quiet_libraries()
+    runs: dict[str, list[float]] = {"dynamic": [], "max_length": []}
+    for _ in range(args.repeats):
+        for name, pad in (("dynamic", False), ("max_length", True)):
+            s, tokens = seconds_per_step(args.task, args.steps, pad, args.max_length)
+            runs[name].append(s)
+    dyn, fixed = statistics.median(runs["dynamic"]), statistics.median(runs["max_length"])
+    result = {
+        "benchmark": "train_speed", "model": "all-MiniLM-L6-v2", "task": args.task,
+        "steps": args.steps, "batch_size": 16, "max_length": args.max_length,
+        "threads": torch.get_num_threads(), "repeats": args.repeats, "real_tokens": tokens,
+        "dynamic_s_per_step": dyn, "max_length_s_per_step": fixed, "speedup": fixed / dyn,
+    }  # fmt: skip
+    print(
+        f"{args.task}: {args.steps} steps x 16 examples, {tokens} real tokens, "
+        f"median of {args.repeats}"
+    )
+    print(f"  dynamic padding (osrm)      : {dyn:.3f} s/step")
+    print(f"  padding to {args.max_length} (reference) : {fixed:.3f} s/step")
+    print(f"  ratio dynamic / fixed       : {dyn / fixed:.3f} (speed-up {fixed / dyn:.2f}x)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Training checkpoints as one safetensors file (no pickles): weights, optimizer, RNG, position.
+
+Tensors: ``param.<name>`` (trainable parameters), ``optim.<index>.<key>`` (AdamW moments and
+step counters), ``rng.cpu`` / ``rng.cuda``. Metadata (JSON): the loop position, the optimizer's
+param groups and the scheduler state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from osrm.atomic import atomic_file
+from osrm.errors import OsrmError
+
+log = logging.getLogger(__name__)
+FORMAT = "osrm.checkpoint/1"
+FILE = "checkpoint.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    """The training loop's position (mutable: the loop advances it)."""
+
+    step: int
+    epoch: int
+    offset: int  # batches of ``epoch`` already consumed
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    fingerprint: str = ""
+
+
+def save_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    state: Checkpoint,
+) -> None:
+    """Write ``directory/checkpoint.safetensors`` atomically."""
+    tensors = {
+        f"param.{n}": p.detach().clone() for n, p in model.named_parameters() if p.requires_grad
+    }
+    opt = optimizer.state_dict()
+    for index, slots in opt["state"].items():
+        for key, value in slots.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().clone()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    metadata = {
+        "format": FORMAT,
+        "state": json.dumps(asdict(state)),
+        "param_groups": json.dumps(opt["param_groups"]),
+        "scheduler": json.dumps(scheduler.state_dict()),
+    }
+    with atomic_file(directory / FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def load_checkpoint(
+    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, fingerprint: str
+) -> Checkpoint | None:
+    """Restore a checkpoint into model/optimizer/scheduler/RNG; None if there is none to resume.
+
+    A checkpoint of another run (different fingerprint) is ignored with a warning.
+    """
+    path = directory / FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        state = Checkpoint(**json.loads(metadata["state"]))
+        groups, sched = json.loads(metadata["param_groups"]), json.loads(metadata["scheduler"])
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise OsrmError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+    if metadata.get("format") != FORMAT or state.fingerprint != fingerprint:
+        log.warning("ignoring %s: it belongs to another run", path)
+        return None
+    _restore_params(path, model, tensors)
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, slot = key.split(".", 2)
+            slots.setdefault(int(index), {})[slot] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": groups})
+    scheduler.load_state_dict(sched)
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    log.info("resuming from %s at step %d", path, state.step)
+    return state
+
+
+def _restore_params(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    saved = {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+    if saved.keys() != params.keys():
+        diff = sorted(saved.keys() ^ params.keys())[:3]
+        raise OsrmError(f"{path}: trainable parameters differ from the model's (e.g. {diff})")
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])

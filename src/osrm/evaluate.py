@@ -1,0 +1,86 @@
+"""Scoring a model on a task: batched, no-grad, dynamic padding, scikit-learn/scipy metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from osrm.data import batches, encode
+from osrm.errors import OsrmError
+from osrm.metrics import compute_metrics
+from osrm.tasks import TaskSpec, get_task, load_task
+
+
+def predict(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, Tensor]],
+    *,
+    regression: bool,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels over a loader.
+
+    Returns:
+        (n,) predicted class ids (argmax of the logits) or regression values, and (n,) labels.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    preds, labels = [], []
+    try:
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                logits = model(**inputs).logits.float()
+                if regression and logits.shape[-1] != 1:
+                    raise OsrmError(f"regression task but the head has {logits.shape[-1]} outputs")
+                preds.append(logits[:, 0] if regression else logits.argmax(-1))
+                labels.append(batch["labels"])
+    finally:
+        model.train(was_training)
+    return torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+
+
+def evaluate(
+    model: nn.Module,
+    task: str | TaskSpec,
+    split: str = "test",
+    *,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int = 128,
+    batch_size: int = 64,
+    seed: int = 0,
+    max_examples: int | None = None,
+    data: Dataset | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Score ``model`` (with ``task``'s head) on a split of ``task``.
+
+    Args:
+        model: a sequence-classification model (a ``PeftModel`` or a backbone under
+            :func:`osrm.heads.use_head`).
+        task: registry name or spec; its metrics are computed.
+        split: ``train``, ``validation`` or ``test``.
+        tokenizer, max_length, batch_size: encoding and batching (padding per batch).
+        seed, max_examples: as for :func:`osrm.tasks.load_task`.
+        data: an already standardised split, instead of loading one.
+
+    Returns:
+        metric name -> value, e.g. ``{"accuracy": 0.9, "f1": 0.85}``.
+    """
+    spec = get_task(task)
+    if data is None:
+        data = load_task(spec, split, seed=seed, max_examples=max_examples)
+    if len(data) == 0:
+        raise OsrmError(f"task {spec.name!r}: split {split!r} is empty")
+    encoded = encode(data, tokenizer, max_length)
+    # grouping by length wastes little compute on padding; the order does not change metrics
+    loader = batches(encoded, tokenizer, batch_size, group_by_length=True)
+    preds, labels = predict(model, loader, regression=spec.is_regression, progress=progress)
+    return compute_metrics(spec.metrics, preds, labels)
