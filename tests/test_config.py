@@ -40,7 +40,10 @@ def test_typed_overrides():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("lora.rnak=4", r"unknown key 'lora.rnak'; valid keys: \['alpha', 'dropout', 'inits', 'rank'"),
+        (
+            "lora.rnak=4",
+            r"unknown key 'lora.rnak'; valid keys: \['alpha', 'dropout', 'inits', 'rank'",
+        ),
         ("extra=1", "unknown key 'extra'; valid keys:"),
         ("lora.rank=abc", "field 'lora.rank': Input should be a valid integer"),
         ("lora.rank=0", "field 'lora.rank': Input should be greater than or equal to 1"),
@@ -73,3 +76,23 @@ def test_apply_overrides_copies():
     data = {"lora": {"rank": 8}}
     assert apply_overrides(data, ["lora.rank=4"]) == {"lora": {"rank": 4}}
     assert data == {"lora": {"rank": 8}}
+
+
+def test_user_task_blocks_resolve_relative_to_the_config(tmp_path):
+    from osrm.pipeline import task_spec
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "reviews.csv").write_text("review,stars\ngood,pos\nbad,neg\nfine,pos\n")
+    (tmp_path / "cfg.yaml").write_text(
+        "tasks:\n  - trec\n  - name: reviews\n    files: {train: data/reviews.csv}\n"
+        "    text_fields: [review]\n    label_field: stars\n    label_names: [neg, pos]\n"
+    )
+    cfg = load_config(tmp_path / "cfg.yaml")
+    assert cfg.task_names == ["trec", "reviews"]
+    spec = task_spec(cfg, "reviews")
+    assert spec.files == (("train", str(tmp_path / "data" / "reviews.csv")),)
+    assert task_spec(cfg, "trec").num_labels == 6
+    with pytest.raises(OsrmError, match="task names must be unique"):
+        load_config(tmp_path / "cfg.yaml", ["tasks=[trec, trec]"])
+    with pytest.raises(OsrmError, match="not in the config's tasks"):
+        task_spec(cfg, "sms_spam")

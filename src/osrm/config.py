@@ -105,12 +105,28 @@ class ExperimentConfig(Section):
     run_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = ModelConfig()
-    tasks: list[str] = Field(min_length=2)
+    tasks: list[str | dict[str, Any]] = Field(
+        min_length=2,
+        description="registry names, or user task blocks (see osrm.tasks.task_from_dict)",
+    )
     lora: LoraSection = LoraSection()
     stats: StatsSection = StatsSection()
     subspace: SubspaceSection = SubspaceSection()
     train: TrainSection = TrainSection()
     eval: EvalSection = EvalSection()
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in config order (a user block contributes its ``name``)."""
+        return [t if isinstance(t, str) else str(t.get("name")) for t in self.tasks]
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> ExperimentConfig:
+        names = self.task_names
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"task names must be unique, repeated: {repeated}")
+        return self
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -177,7 +193,13 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         raise OsrmError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise OsrmError(f"{path}: expected a mapping of sections at the top level")
-    return parse_config(apply_overrides(data, overrides), str(path))
+    data = apply_overrides(data, overrides)
+    for task in data.get("tasks") or []:  # user task files are relative to the config file
+        if isinstance(task, dict) and isinstance(task.get("files"), dict):
+            task["files"] = {
+                s: str(path.parent / Path(f).expanduser()) for s, f in task["files"].items()
+            }
+    return parse_config(data, str(path))
 
 
 def dump_config(config: ExperimentConfig) -> str:

@@ -38,13 +38,23 @@ from osrm.stats import (
     weight_fingerprint,
 )
 from osrm.subspace import osrm_bases
-from osrm.tasks import get_task, load_task
+from osrm.tasks import TaskSpec, get_task, load_task, task_from_dict
 from osrm.train import train
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 
 TaskStats = dict[str, dict[str, LayerStats]]
+
+
+def task_spec(cfg: ExperimentConfig, name: str) -> TaskSpec:
+    """The spec of a configured task: a registry entry or the user's block."""
+    for entry in cfg.tasks:
+        if entry == name:
+            return get_task(name)
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return task_from_dict(entry)
+    raise OsrmError(f"task {name!r} is not in the config's tasks {cfg.task_names}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,9 +86,11 @@ def stats_stage(
     names = find_target_modules(model, cfg.lora.target_modules)
     fingerprint = weight_fingerprint(model, names)
     stats_by_task, metas = {}, {}
-    for task in cfg.tasks:
+    for task in cfg.task_names:
         path = run_dir / "stats" / f"{task}.safetensors"
-        data = load_task(task, "train", seed=cfg.seed, max_examples=cfg.stats.examples)
+        data = load_task(
+            task_spec(cfg, task), "train", seed=cfg.seed, max_examples=cfg.stats.examples
+        )
         expected = StatsMeta(
             base_model=cfg.model.name, fingerprint=fingerprint, task=task,
             n_examples=len(data), n_tokens=-1, max_length=cfg.stats.max_length, mask=cfg.stats.mask,
@@ -124,7 +136,7 @@ def subspace_stage(
                 seed=cfg.seed,
                 metas=metas,
             )  # fmt: skip
-            for task in cfg.tasks
+            for task in cfg.task_names
         }
         energies, overlaps = subspace_report(
             stats_by_task, bases, weighting=sub.weighting, center=sub.center, seed=cfg.seed
@@ -194,7 +206,7 @@ def adapter_stage(
     """
     out = {}
     for init in cfg.lora.inits:
-        for task in cfg.tasks:
+        for task in cfg.task_names:
             path = run_dir / "adapters" / init / task
             bases, prov = init_bases(cfg, init, task, stats_by_task, metas)
             record = path / RECORD_FILE
@@ -223,7 +235,7 @@ def train_task(
     the same head and sees the same batches. Checkpoints go to ``.<out_dir>.ckpt`` beside the
     adapter and are removed once the adapter is saved.
     """
-    spec = get_task(task)
+    spec = task_spec(cfg, task)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg, spec.num_labels)
     init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
@@ -256,16 +268,22 @@ def train_task(
 
 def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, task: str):
     """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
-    model, tokenizer = load_base(cfg, get_task(task).num_labels)
+    model, tokenizer = load_base(cfg, task_spec(cfg, task).num_labels)
     return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
 
 
 def eval_task(cfg: ExperimentConfig, model: nn.Module, tokenizer, task: str) -> dict[str, float]:
     """Metrics of ``model`` on ``task``'s evaluation split as configured."""
     return evaluate(
-        model, task, cfg.eval.split, tokenizer=tokenizer, max_length=cfg.train.max_length,
-        batch_size=cfg.eval.batch_size, seed=cfg.seed, max_examples=cfg.eval.max_eval_examples,
-    )  # fmt: skip
+        model,
+        task_spec(cfg, task),
+        cfg.eval.split,
+        tokenizer=tokenizer,
+        max_length=cfg.train.max_length,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.seed,
+        max_examples=cfg.eval.max_eval_examples,
+    )
 
 
 def write_json(path: Path, data: object) -> None:
@@ -310,7 +328,7 @@ def demo(run_dir: str | None = None, overrides: list[str] | tuple[str, ...] = ()
     d_in = next(iter(next(iter(stats_by_task.values())).values())).d_in
     print(
         f"\nOSRM subspaces, rank {cfg.lora.rank} of d_in {d_in}, {len(cfg.tasks)} tasks "
-        f"({', '.join(cfg.tasks)}), mean over tasks and {cfg.lora.target_modules} modules:\n"
+        f"({', '.join(cfg.task_names)}), mean over tasks and {cfg.lora.target_modules} modules:\n"
     )
     print(subspace_table(summary, (cfg.lora.rank, d_in)))
     print(f"\nartifacts: {out}/stats/*.safetensors, {out}/subspace_report.json")
