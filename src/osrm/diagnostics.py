@@ -101,3 +101,40 @@ def summarise_report(
         row["overlap"] = sum(pairs) / len(pairs) if pairs else float("nan")
         out.append(row)
     return out
+
+
+def response_energy(delta: Tensor, second_moment: Tensor) -> float:
+    """E‖ΔW x‖² over a task's tokens: tr(ΔW C ΔWᵀ) for ΔW (d_out, d_in), C (d_in, d_in)."""
+    delta = delta.double()
+    return float(((delta @ second_moment.double()) * delta).sum())
+
+
+def interference_matrix(
+    deltas_by_task: Mapping[str, Mapping[str, Tensor]], stats_by_task: StatsByTask
+) -> dict[str, dict[str, float]]:
+    """Cross-task interference ratios (method.md §6), over all modules together.
+
+    ``ratio[j][t] = ‖ΔW_j X_tᵀ‖_F / ‖ΔW_t X_tᵀ‖_F``: how strongly adapter j responds to task t's
+    inputs, relative to task t's own adapter (diagonal = 1). Computed exactly from the statistics:
+    ``‖ΔW X_tᵀ‖²_F = tr(ΔW X_tᵀX_t ΔWᵀ)``, summed over modules; per-token second moments are
+    used, so the number of tokens cancels.
+
+    Args:
+        deltas_by_task: adapter's task -> module -> ΔW (d_out, d_in).
+        stats_by_task: task -> module -> statistics of that task's inputs.
+    """
+    energy_of: dict[str, dict[str, float]] = {}
+    for j, deltas in deltas_by_task.items():
+        energy_of[j] = {}
+        for t, stats in stats_by_task.items():
+            missing = sorted(set(deltas) - set(stats))
+            if missing:
+                raise ValueError(f"no statistics of task {t!r} for modules {missing[:3]}")
+            energy_of[j][t] = sum(
+                response_energy(d, stats[m].second_moment()) for m, d in deltas.items()
+            )
+    own = {t: energy_of[t][t] for t in deltas_by_task if t in stats_by_task}
+    return {
+        j: {t: (energy_of[j][t] / own[t]) ** 0.5 if own[t] > 0 else float("nan") for t in own}
+        for j in deltas_by_task
+    }

@@ -1,8 +1,105 @@
-"""Result tables as Markdown (what the CLI prints and the reports embed)."""
+"""Results: one JSON line per evaluation, pivoted into tables (Markdown, CSV).
+
+Rows of the table are (init, model, method, hyperparameters); columns are the tasks' main
+metrics, their average, and the average normalised by the individual adapters of the same init
+(merged score / individual score per task, then averaged): 1.0 means merging lost nothing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+KINDS = ("base", "individual", "merged")  # table order
+
+
+@dataclass(frozen=True)
+class Result:
+    """One evaluation: a model (``kind``) of one init on one task.
+
+    ``kind`` is ``base`` (the frozen backbone with the task's trained head), ``individual`` (the
+    task's own adapter) or ``merged`` (``method`` with hyperparameters ``hp``).
+    """
+
+    init: str
+    kind: str
+    task: str
+    metric: str
+    score: float
+    method: str = ""
+    hp: str = ""
+    scores: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.init, self.kind, self.method, self.hp)
+
+
+def hp_string(hp: Mapping[str, object]) -> str:
+    """Canonical, sorted ``k=v`` form of hyperparameters (``scale=0.5,density=0.2``)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(hp.items()))
+
+
+def read_results(path: str | Path) -> list[Result]:
+    """All results of a ``results.jsonl`` (missing file: none)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [Result(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_results(path: str | Path, results: Iterable[Result]) -> None:
+    """Append results as JSON lines (flushed per call; a crash loses at most the last call)."""
+    with open(path, "a") as f:
+        for r in results:
+            f.write(json.dumps(asdict(r)) + "\n")
+        f.flush()
+
+
+def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str, object]]:
+    """Pivot: one row per (init, kind, method, hp) with per-task scores, avg and norm_avg."""
+    individual = {(r.init, r.task): r.score for r in results if r.kind == "individual"}
+    rows: dict[tuple, dict[str, object]] = {}
+    for r in results:
+        row = rows.setdefault(
+            r.key, {"init": r.init, "model": r.kind, "method": r.method, "hp": r.hp}
+        )
+        row[r.task] = r.score
+    out = []
+    for key, row in rows.items():
+        scores = [row[t] for t in tasks if t in row]
+        if len(scores) == len(tasks):
+            row["avg"] = sum(scores) / len(scores)
+            ratios = [row[t] / individual[key[0], t] for t in tasks if individual.get((key[0], t))]
+            row["norm_avg"] = sum(ratios) / len(ratios) if len(ratios) == len(tasks) else None
+        out.append(row)
+    order = {k: i for i, k in enumerate(KINDS)}
+    inits = list(dict.fromkeys(r.init for r in results))
+    out.sort(
+        key=lambda r: (inits.index(r["init"]), order[r["model"]], r["method"], _hp_key(r["hp"]))
+    )
+    return out
+
+
+def _hp_key(hp: str) -> tuple:
+    """Sort ``scale=0.3`` before ``scale=1.0`` numerically."""
+    parts = []
+    for item in hp.split(",") if hp else []:
+        k, _, v = item.partition("=")
+        try:
+            parts.append((k, float(v), ""))
+        except ValueError:
+            parts.append((k, 0.0, v))
+    return tuple(parts)
+
+
+def table_columns(tasks: Sequence[str]) -> dict[str, str]:
+    return {"init": "init", "model": "model", "method": "method", "hp": "hyperparameters",
+            **{t: t for t in tasks}, "avg": "avg", "norm_avg": "norm. avg"}  # fmt: skip
 
 
 def _cell(value: object, floatfmt: str) -> str:
@@ -21,3 +118,12 @@ def markdown_table(
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(_cell(r.get(k), floatfmt) for k in columns) + " |" for r in rows]
     return "\n".join([header, rule, *body])
+
+
+def csv_table(rows: Sequence[Mapping[str, object]], columns: Mapping[str, str]) -> str:
+    """The same table as CSV (full precision)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

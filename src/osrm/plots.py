@@ -1,0 +1,104 @@
+"""Report plots (matplotlib, PNG): λ-robustness curves, best-setting bars, interference maps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from osrm.atomic import atomic_file  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _scale_of(hp: str) -> float | None:
+    for item in hp.split(","):
+        key, _, value = item.partition("=")
+        if key == "scale":
+            return float(value)
+    return None
+
+
+def plot_scale_curves(rows: Sequence[Mapping], path: Path, method: str = "task_arithmetic") -> Path:
+    """Normalised average vs the merging scale λ, one line per init (the robustness claim)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for init in dict.fromkeys(r["init"] for r in rows):
+        points = sorted(
+            (_scale_of(r["hp"]), r["norm_avg"])
+            for r in rows
+            if r["init"] == init and r["method"] == method and r.get("norm_avg") is not None
+            and _scale_of(r["hp"]) is not None
+        )  # fmt: skip
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", label=init)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="scale λ", ylabel="normalised average (merged / individual)",
+           title=f"{method}: robustness to λ")  # fmt: skip
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def best_settings(rows: Sequence[Mapping]) -> list[Mapping]:
+    """Per (init, method), the merged row with the highest normalised average."""
+    best: dict[tuple[str, str], Mapping] = {}
+    for r in rows:
+        if r["model"] != "merged" or r.get("norm_avg") is None:
+            continue
+        key = (r["init"], r["method"])
+        if key not in best or r["norm_avg"] > best[key]["norm_avg"]:
+            best[key] = r
+    return list(best.values())
+
+
+def plot_best_bars(rows: Sequence[Mapping], tasks: Sequence[str], path: Path) -> Path:
+    """Per-task scores of each method at its best setting, one panel per init."""
+    best = best_settings(rows)
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, axes = plt.subplots(len(inits), 1, figsize=(max(6, 1.2 * len(tasks) + 2), 3 * len(inits)),
+                             squeeze=False, sharey=True)  # fmt: skip
+    for ax, init in zip(axes[:, 0], inits, strict=True):
+        series = [r for r in rows if r["init"] == init and r["model"] == "individual"]
+        series += [r for r in best if r["init"] == init]
+        width = 0.8 / max(len(series), 1)
+        for i, r in enumerate(series):
+            label = r["method"] or r["model"]
+            xs = [k + i * width for k in range(len(tasks))]
+            ax.bar(xs, [r.get(t) or 0.0 for t in tasks], width=width, label=label)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(tasks))], tasks, rotation=20)
+        ax.set(title=f"init: {init}", ylabel="score")
+        ax.legend(fontsize=7, ncol=4)
+    return _save(fig, path)
+
+
+def plot_interference(
+    matrices: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path
+) -> Path:
+    """Heat maps of ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (rows: adapter j, columns: task t), one per init."""
+    inits = list(matrices)
+    fig, axes = plt.subplots(1, len(inits), figsize=(4.2 * len(inits), 4), squeeze=False)
+    vmax = max(v for m in matrices.values() for row in m.values() for v in row.values())
+    for ax, init in zip(axes[0], inits, strict=True):
+        tasks = list(matrices[init])
+        grid = [[matrices[init][j][t] for t in tasks] for j in tasks]
+        image = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
+        ax.set(title=f"{init}", xlabel="inputs of task t", ylabel="adapter j")
+        for (a, b), v in ((pos, grid[pos[0]][pos[1]]) for pos in _cells(len(tasks))):
+            ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
+    return _save(fig, path)
+
+
+def _cells(n: int) -> list[tuple[int, int]]:
+    return [(a, b) for a in range(n) for b in range(n)]
