@@ -1,0 +1,89 @@
+"""Exact merging of LoRA adapters (and full fine-tunes) in ΔW space, streaming.
+
+Task vectors are read lazily (``lora_deltas``: ΔW = s·B·A per module, any rank, rsLoRA and
+rank/alpha patterns honoured; ``full_deltas``: θ_ft − θ_0 without heads), merged one module at a
+time by a method of ``METHODS`` (one signature: ``fn(deltas (k, d_out, d_in), weights (k,),
+**hp) -> ΔW``), and written as a dense backbone with per-task heads or as a peft LoRA adapter
+(exact concatenation for linear methods, truncated SVD otherwise), each with a JSON manifest.
+"""
+
+from osrm.merging.checkpoints import HEAD_NAMES, FullDeltas, full_deltas
+from osrm.merging.deltas import LoraDeltas, file_sha256, lora_deltas
+from osrm.merging.heads import load_head, save_heads
+from osrm.merging.loading import check_same_base, coverage_gaps, load_adapters
+from osrm.merging.manifest import MANIFEST_FILE, read_manifest
+from osrm.merging.merge import gram_lookup, iter_merged, merge_adapters, merge_deltas
+from osrm.merging.methods import (
+    LINEAR_METHODS,
+    METHODS,
+    RANDOM_METHODS,
+    breadcrumbs,
+    check_hyperparameters,
+    dare_linear,
+    dare_ties,
+    get_method,
+    hyperparameters,
+    knots,
+    magnitude_prune,
+    regmean,
+    task_arithmetic,
+    ties,
+    tsv,
+    weight_average,
+)
+from osrm.merging.outputs import (
+    MergedAdapter,
+    apply_deltas,
+    save_merged_adapter,
+    save_merged_model,
+)
+from osrm.merging.primitives import (
+    disjoint_mean,
+    drop_random,
+    elect_sign,
+    trim_magnitude,
+)
+
+__all__ = [
+    "HEAD_NAMES",
+    "LINEAR_METHODS",
+    "MANIFEST_FILE",
+    "METHODS",
+    "RANDOM_METHODS",
+    "FullDeltas",
+    "LoraDeltas",
+    "MergedAdapter",
+    "apply_deltas",
+    "breadcrumbs",
+    "check_hyperparameters",
+    "check_same_base",
+    "coverage_gaps",
+    "dare_linear",
+    "dare_ties",
+    "disjoint_mean",
+    "drop_random",
+    "elect_sign",
+    "file_sha256",
+    "full_deltas",
+    "get_method",
+    "gram_lookup",
+    "hyperparameters",
+    "iter_merged",
+    "knots",
+    "load_adapters",
+    "load_head",
+    "lora_deltas",
+    "magnitude_prune",
+    "merge_adapters",
+    "merge_deltas",
+    "read_manifest",
+    "regmean",
+    "save_heads",
+    "save_merged_adapter",
+    "save_merged_model",
+    "task_arithmetic",
+    "ties",
+    "trim_magnitude",
+    "tsv",
+    "weight_average",
+]

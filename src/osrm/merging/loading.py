@@ -1,0 +1,73 @@
+"""Opening k adapters for one merge: the checks that make merging them meaningful."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from torch import Tensor
+
+from osrm.errors import OsrmError
+from osrm.merging.deltas import LoraDeltas
+
+
+def load_adapters(adapter_dirs: Sequence[str | Path], validate: bool = True) -> list[LoraDeltas]:
+    """Open k adapters and check they can be merged: same base model, same module shapes.
+
+    Raises:
+        OsrmError: k = 0, a bad adapter, different ``base_model_name_or_path`` or osrm base
+            fingerprints, or one module with different shapes in two adapters.
+    """
+    if isinstance(adapter_dirs, (str, Path)) or len(adapter_dirs) == 0:
+        raise OsrmError("adapters: expected a non-empty list of adapter directories")
+    sources = [LoraDeltas(d) for d in adapter_dirs]
+    if validate:
+        for s in sources:
+            s.validate()
+    check_same_base(sources)
+    return sources
+
+
+def _fingerprint(source: LoraDeltas) -> str | None:
+    prov = source.path / "osrm_provenance.json"
+    try:
+        return json.loads(prov.read_text()).get("base_fingerprint") if prov.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def check_same_base(sources: Sequence[LoraDeltas]) -> None:
+    """Raise :class:`OsrmError` unless all adapters plausibly share one base model."""
+    first = sources[0]
+    for other in sources[1:]:
+        checks = (
+            ("base_model_name_or_path", lambda s: s.base_model),
+            ("osrm base_fingerprint", _fingerprint),
+        )
+        for label, get in checks:
+            a, b = get(first), get(other)
+            if a is not None and b is not None and a != b:
+                raise OsrmError(
+                    f"{other.path}: {label} is {b!r} but {first.path} has {a!r}; "
+                    "adapters must come from the same base model"
+                )
+        if other.fan_in_fan_out != first.fan_in_fan_out:
+            raise OsrmError(f"{other.path}: fan_in_fan_out differs from {first.path}")
+    seen: dict[str, tuple[tuple[int, int], Path]] = {}
+    for source in sources:
+        for name in source:
+            shape = source.shape(name)
+            if name in seen and seen[name][0] != shape:
+                raise OsrmError(
+                    f"{source.path}: {name} has ΔW shape {shape} but {seen[name][1]} has "
+                    f"{seen[name][0]}; adapters must come from the same base model"
+                )
+            seen.setdefault(name, (shape, source.path))
+
+
+def coverage_gaps(sources: Sequence[Mapping[str, Tensor]]) -> dict[str, list[int]]:
+    """Modules present in only some sources -> indices of the sources that lack them."""
+    names = sorted(set().union(*sources))
+    gaps = {n: [i for i, s in enumerate(sources) if n not in s] for n in names}
+    return {n: missing for n, missing in gaps.items() if missing}

@@ -1,0 +1,213 @@
+"""Streaming merges: one module at a time over k task-vector mappings.
+
+Peak memory is about k × one module's ΔW (the stacked deltas of the module being merged plus
+the method's temporaries); no dense model, and never k of them, is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from osrm.errors import OsrmError
+from osrm.merging.deltas import LoraDeltas
+from osrm.merging.loading import coverage_gaps, load_adapters
+from osrm.merging.methods import (
+    RANDOM_METHODS,
+    check_hyperparameters,
+    get_method,
+    weight_average,
+)
+from osrm.stats import LayerStats, StatsMeta, load_stats
+
+log = logging.getLogger(__name__)
+
+StatsSource = str | Path | Mapping[str, LayerStats] | tuple[Mapping[str, LayerStats], StatsMeta]
+GramLookup = Callable[[str], Tensor | None]
+
+
+def task_weights(weights: Sequence[float] | Tensor | None, k: int) -> Tensor:
+    """(k,) float64 weights; ``None`` means 1 for every task."""
+    if k == 0:
+        raise OsrmError("no task vectors to merge (k = 0)")
+    if weights is None:
+        return torch.ones(k, dtype=torch.float64)
+    w = torch.as_tensor(weights, dtype=torch.float64).flatten()
+    if w.numel() != k or not torch.isfinite(w).all():
+        raise OsrmError(f"weights: expected {k} finite numbers (one per task), got {weights}")
+    return w
+
+
+def module_seed(seed: int, name: str) -> int:
+    """A 63-bit seed for one module: the draws do not depend on which other modules exist."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _stack(sources: Sequence[Mapping[str, Tensor]], name: str) -> Tensor:
+    """(k, *shape) float32 deltas of one module; zeros for sources that lack it."""
+    out = None
+    for i, source in enumerate(sources):
+        if name not in source:
+            continue
+        if isinstance(source, LoraDeltas):  # shapes were checked by check_same_base
+            if out is None:
+                out = torch.zeros(len(sources), *source.shape(name), dtype=torch.float32)
+            source.write_delta(name, out[i])  # computed in place: no per-task temporary
+            continue
+        delta = source[name]
+        if out is None:
+            out = torch.zeros(len(sources), *delta.shape, dtype=torch.float32)
+        elif delta.shape != out.shape[1:]:
+            raise OsrmError(
+                f"{name}: task {i} has shape {tuple(delta.shape)}, expected {tuple(out.shape[1:])}"
+            )
+        out[i].copy_(delta)
+    return out
+
+
+def iter_merged(
+    sources: Sequence[Mapping[str, Tensor]],
+    method: str,
+    weights: Sequence[float] | Tensor | None = None,
+    *,
+    grams: GramLookup | None = None,
+    **hp,
+) -> Iterator[tuple[str, Tensor]]:
+    """Yield ``(name, merged ΔW)`` module by module, in sorted name order.
+
+    Args:
+        sources: k mappings name -> delta (e.g. :func:`lora_deltas`, :func:`full_deltas`);
+            a name missing from some sources is a zero delta there.
+        method: a key of ``METHODS``.
+        weights: k task weights (default 1 each).
+        grams: ``regmean`` only: name -> (k, d_in, d_in) Gram matrices, or None for a
+            parameter without statistics (then averaged with ``weight_average``, as in the
+            RegMean paper for non-linear parameters).
+        **hp: the method's hyperparameters. For random methods ``seed`` (default 0) is turned
+            into one generator per module, seeded from (seed, name); a ``generator`` is used
+            as is, in sorted module order.
+    """
+    fn = get_method(method)
+    check_hyperparameters(method, hp)
+    if "grams" in hp:
+        raise OsrmError("grams are per module: pass statistics (stats=...) instead")
+    if method == "regmean" and grams is None:
+        raise OsrmError("regmean needs input statistics: pass stats=[one per task]")
+    w = task_weights(weights, len(sources))
+    seed = hp.pop("seed", None)
+    bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or "generator" in hp
+    if seed is not None and bad_seed:
+        raise OsrmError(f"seed must be an integer and not combined with generator, got {seed!r}")
+    gaps = coverage_gaps(sources)
+    if gaps:
+        some = dict(list(gaps.items())[:3])
+        log.warning("%d modules missing from some task vectors (zero there): %s", len(gaps), some)
+    for name in sorted(set().union(*sources)):
+        deltas = _stack(sources, name)
+        extra = {}
+        if method in RANDOM_METHODS and "generator" not in hp:
+            extra["generator"] = torch.Generator().manual_seed(module_seed(seed or 0, name))
+        elif method == "regmean":
+            extra["grams"] = grams(name)
+            if extra["grams"] is None:  # e.g. a LayerNorm of a full fine-tune
+                log.info("%s: no input statistics, averaged with weight_average", name)
+                yield name, weight_average(deltas, w, scale=hp.get("scale", 1.0))
+                continue
+            if extra["grams"].shape[-1] != deltas.shape[-1]:
+                raise OsrmError(
+                    f"{name}: statistics have d_in {extra['grams'].shape[-1]} but the deltas "
+                    f"{deltas.shape[-1]}; were they collected on this base model?"
+                )
+        yield name, fn(deltas, w, **hp, **extra)
+
+
+def merge_deltas(
+    sources: Sequence[Mapping[str, Tensor]],
+    method: str,
+    weights: Sequence[float] | Tensor | None = None,
+    *,
+    grams: GramLookup | None = None,
+    **hp,
+) -> dict[str, Tensor]:
+    """Merged name -> ΔW of k task-vector mappings (see :func:`iter_merged`)."""
+    return dict(iter_merged(sources, method, weights, grams=grams, **hp))
+
+
+def _load_one(source: StatsSource) -> tuple[Mapping[str, LayerStats], StatsMeta | None, str]:
+    if isinstance(source, (str, Path)):
+        stats, meta = load_stats(source)
+        return stats, meta, str(source)
+    if isinstance(source, tuple):
+        return source[0], source[1], "statistics"
+    return source, None, "statistics"
+
+
+def gram_lookup(
+    stats: Sequence[StatsSource], adapters: Sequence[LoraDeltas] | None = None
+) -> GramLookup:
+    """Name ``<module>.weight`` -> (k, d_in, d_in) float64 per-token Gram matrices.
+
+    Each G_i = X_iᵀX_i / n_i is task i's mean second moment E[x xᵀ] of the module's inputs,
+    not the raw sum RegMean writes: calibration sample sizes are a tool setting, not a task
+    importance, so every task counts equally (as in OSRM, method.md §3) and task weights stay
+    the only knob; it also keeps α's diagonal shrinkage on the same scale for every task.
+
+    Args:
+        stats: one statistics file (or loaded statistics) per task, in the adapters' order.
+        adapters: if given, every LoRA module must have statistics (else OsrmError), and
+            statistics for a different base model name are rejected.
+    """
+    loaded = [_load_one(s) for s in stats]
+    if adapters is not None:
+        if len(loaded) != len(adapters):
+            raise OsrmError(f"stats: expected {len(adapters)} entries (one per adapter)")
+        for (_, meta, label), adapter in zip(loaded, adapters, strict=True):
+            if meta and adapter.base_model and meta.base_model != adapter.base_model:
+                raise OsrmError(
+                    f"{label}: statistics of base model {meta.base_model!r}, but adapter "
+                    f"{adapter.path} was trained on {adapter.base_model!r}"
+                )
+
+    def lookup(name: str) -> Tensor | None:
+        module = name.removesuffix(".weight")
+        found = [s.get(module) for s, _, _ in loaded]
+        if any(f is None for f in found):
+            if adapters is not None:
+                label = next(lbl for (_, _, lbl), f in zip(loaded, found, strict=True) if f is None)
+                raise OsrmError(f"{label}: no statistics for module {module!r}")
+            return None
+        return torch.stack([f.xtx.double() / max(f.count, 1) for f in found])
+
+    return lookup
+
+
+def merge_adapters(
+    adapter_dirs: Sequence[str | Path],
+    method: str,
+    weights: Sequence[float] | None = None,
+    *,
+    stats: Sequence[StatsSource] | None = None,
+    **hp,
+) -> dict[str, Tensor]:
+    """Merge k peft LoRA adapters in ΔW space: module name -> merged ΔW (d_out, d_in).
+
+    Args:
+        adapter_dirs: k adapter directories from the same base model (any ranks/alphas).
+        method: a key of ``METHODS``; unknown names fail with the valid list.
+        weights: k task weights (default 1 each).
+        stats: ``regmean`` only: one statistics file per adapter (``osrm.stats``).
+        **hp: the method's hyperparameters (``scale``, ``density``, ``seed``, ...).
+    """
+    get_method(method)
+    check_hyperparameters(method, hp)
+    if stats is not None and method != "regmean":
+        raise OsrmError(f"stats are only used by regmean, not by {method!r}")
+    adapters = load_adapters(adapter_dirs)
+    grams = gram_lookup(stats, adapters) if stats is not None else None
+    return merge_deltas(adapters, method, weights, grams=grams, **hp)

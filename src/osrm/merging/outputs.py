@@ -1,0 +1,312 @@
+"""Merged artifacts: a dense backbone (+ per-task heads) or a peft LoRA adapter, with manifest.
+
+Both stream module by module. The dense backbone adds each merged ΔW into the base weight (in
+float32, stored back in the base dtype) and is written with ``save_pretrained``; heads are never
+merged, each task's head goes to ``heads/<task>.safetensors``. The LoRA output is exact for
+linear methods, whose merge is a concatenation of the factors (rank Σ r_i), and otherwise a
+truncated SVD of each merged ΔW with its relative error reported.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from osrm.atomic import atomic_dir
+from osrm.errors import OsrmError
+from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
+from osrm.merging.heads import save_heads
+from osrm.merging.loading import load_adapters
+from osrm.merging.manifest import (
+    build_manifest,
+    hp_record,
+    stats_record,
+    task_names,
+    write_manifest,
+)
+from osrm.merging.merge import GramLookup, StatsSource, gram_lookup, iter_merged, task_weights
+from osrm.merging.methods import LINEAR_METHODS, check_hyperparameters, get_method
+from osrm.merging.spectral import factored_truncate, truncate
+
+Source = str | Path | Mapping[str, Tensor]
+
+
+def open_sources(sources: Sequence[Source]) -> list[Mapping[str, Tensor]]:
+    """Adapter directories -> validated :class:`LoraDeltas`; mappings are used as they are."""
+    if isinstance(sources, (str, Path)) or len(sources) == 0:
+        raise OsrmError("sources: expected a non-empty list of adapters or task vectors")
+    if all(isinstance(s, (str, Path)) for s in sources):
+        return list(load_adapters(sources))
+    if any(isinstance(s, (str, Path)) for s in sources):
+        raise OsrmError("sources: pass all adapter directories or all task-vector mappings")
+    return list(sources)
+
+
+def apply_deltas(
+    model: nn.Module,
+    merged: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+    transposed: Collection[str] = (),
+) -> list[str]:
+    """Add each merged ΔW into ``model``'s parameter of the same name, in place.
+
+    Args:
+        merged: name -> ΔW, or an iterator of pairs (consumed one module at a time).
+        transposed: names whose ΔW is (d_out, d_in) while the parameter is stored (d_in, d_out)
+            (peft ``fan_in_fan_out`` modules, e.g. GPT-2's Conv1D).
+
+    Returns:
+        The names updated. The sum is formed in float32 and cast back to the parameter dtype.
+    """
+    items = merged.items() if isinstance(merged, Mapping) else merged
+    done = []
+    with torch.no_grad():
+        for name, delta in items:
+            try:
+                param = model.get_parameter(name)
+            except AttributeError:
+                raise OsrmError(f"base model has no parameter {name!r} to merge into") from None
+            delta = delta.T if name in transposed else delta
+            if tuple(delta.shape) != tuple(param.shape):
+                raise OsrmError(
+                    f"{name}: base parameter has shape {tuple(param.shape)} but the merged delta "
+                    f"has {tuple(delta.shape)}; is this the adapters' base model?"
+                )
+            param.copy_((param.float() + delta.to(param.device, torch.float32)).to(param.dtype))
+            done.append(name)
+    return done
+
+
+def save_merged_model(
+    base_model: nn.Module,
+    sources: Sequence[Source],
+    out_dir: str | Path,
+    method: str,
+    weights: Sequence[float] | None = None,
+    *,
+    stats: Sequence[StatsSource] | None = None,
+    tasks: Sequence[str] | None = None,
+    **hp,
+) -> Path:
+    """Merge k task vectors into ``base_model`` (in place) and save it with heads and manifest.
+
+    Args:
+        base_model: the pre-trained transformers model the adapters were trained on; its
+            weights are updated in place (copy it first to keep the original).
+        sources: adapter directories, or task-vector mappings (e.g. :func:`full_deltas`).
+        out_dir: written atomically: ``save_pretrained`` files (safetensors),
+            ``heads/<task>.safetensors`` and ``osrm_merge.json``.
+        method, weights, stats, **hp: as in :func:`merge_adapters`.
+        tasks: task names for the heads (default: osrm provenance or directory names).
+    """
+    get_method(method)
+    check_hyperparameters(method, hp)
+    opened = open_sources(sources)
+    tasks = task_names(opened, tasks)
+    adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
+    grams = gram_lookup(stats, adapters) if stats is not None else None
+    transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
+    manifest = build_manifest(
+        output="dense",
+        method=method,
+        weights=weights,
+        hyperparameters=hp_record(method, hp),
+        sources=opened,
+        tasks=tasks,
+        extra={"stats": stats_record(stats)},
+    )
+    stream = iter_merged(opened, method, weights, grams=grams, **hp)
+    updated = apply_deltas(base_model, stream, transposed)
+    manifest["modules"] = len(updated)
+    with atomic_dir(out_dir) as tmp:
+        base_model.save_pretrained(str(tmp), safe_serialization=True)
+        manifest["heads"] = save_heads(tmp, opened, tasks)
+        write_manifest(tmp, manifest)
+    return Path(out_dir)
+
+
+@dataclass(frozen=True)
+class MergedAdapter:
+    """What :func:`save_merged_adapter` wrote: ranks and relative errors per module."""
+
+    path: Path
+    exact: bool
+    ranks: dict[str, int]
+    rel_errors: dict[str, float]  # ‖ΔW − BA‖_F / ‖ΔW‖_F (0 for exact concatenation)
+
+
+def _concat_factors(
+    sources: Sequence[LoraDeltas], coeffs: Tensor
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Module -> B (d_out, Σ r_i), A (Σ r_i, d_in) with B A = Σ c_i s_i B_i A_i exactly.
+
+    The outputs are allocated first and filled one adapter at a time, so only one adapter
+    file is mapped at once (a missing module is a zero delta: it adds no rank).
+    """
+    out, filled = {}, {}
+    for name in sorted(set().union(*sources)):
+        having = [s for s in sources if name in s]
+        rank = sum(s.modules[name].rank for s in having)
+        d_out, d_in = having[0].shape(name)
+        out[name] = (torch.empty(d_out, rank), torch.empty(rank, d_in))
+        filled[name] = 0
+    for source, c in zip(sources, coeffs.tolist(), strict=True):
+        with source.opened():
+            for name in source:
+                b, a = source.factors(name)
+                lo, hi = filled[name], filled[name] + a.shape[0]
+                torch.mul(b, c, out=out[name][0][:, lo:hi])
+                out[name][1][lo:hi].copy_(a)
+                filled[name] = hi
+    return out
+
+
+def _linear_coeffs(method: str, weights: Tensor, hp: Mapping) -> Tensor:
+    scale = hp.get("scale", 1.0)
+    get_method(method)(torch.zeros(len(weights), 1), weights, **hp)  # validates hp and weights
+    return scale * (weights / weights.sum() if method == "weight_average" else weights)
+
+
+def save_merged_adapter(
+    sources: Sequence[str | Path],
+    out_dir: str | Path,
+    method: str,
+    weights: Sequence[float] | None = None,
+    *,
+    rank: int | None = None,
+    exact_svd: bool = False,
+    stats: Sequence[StatsSource] | None = None,
+    tasks: Sequence[str] | None = None,
+    head: str | bool = True,
+    **hp,
+) -> MergedAdapter:
+    """Merge k LoRA adapters into one peft LoRA adapter (loadable by vanilla peft).
+
+    Args:
+        sources: k adapter directories from the same base model.
+        rank: ``None`` with a linear method (``task_arithmetic``, ``weight_average``): exact
+            concatenation, rank Σ r_i. Otherwise the output rank (default: the largest source
+            rank) reached by a truncated SVD of each merged ΔW (for linear methods computed
+            from the factors, exactly and cheaply).
+        exact_svd: full SVD instead of a randomized one (4 power iterations) for non-linear
+            methods; the reported errors are exact either way.
+        method, weights, stats, tasks, **hp: as in :func:`save_merged_model`.
+        head: which task's head (``modules_to_save``) goes inside the adapter, so that vanilla
+            peft can load it (a SEQ_CLS adapter must carry one): ``True`` for the first task
+            that has one, a task name, or ``False`` for none. Every task's head is also saved
+            as ``heads/<task>.safetensors`` (swap with :func:`load_head`).
+
+    Returns:
+        A :class:`MergedAdapter` report; the same numbers are in ``osrm_merge.json``.
+    """
+    get_method(method)
+    check_hyperparameters(method, hp)
+    if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+        raise OsrmError(f"rank must be a positive integer or None, got {rank!r}")
+    adapters = load_adapters(sources)
+    tasks = task_names(adapters, tasks)
+    inside = _pick_head(adapters, tasks, head)
+    grams = gram_lookup(stats, adapters) if stats is not None else None
+    factors, errors = _merged_factors(adapters, method, weights, rank, exact_svd, grams, hp)
+    ranks = {n: a.shape[0] for n, (_, a) in factors.items()}
+    report = MergedAdapter(Path(out_dir), method in LINEAR_METHODS and rank is None, ranks, errors)
+    extra = {
+        "rank": rank,
+        "exact": report.exact,
+        "exact_svd": exact_svd,
+        "ranks": ranks,
+        "rel_errors": errors,
+        "stats": stats_record(stats),
+        "adapter_head": inside,
+    }
+    manifest = build_manifest(
+        output="lora",
+        method=method,
+        weights=weights,
+        hyperparameters=hp_record(method, hp),
+        sources=adapters,
+        tasks=tasks,
+        extra=extra,
+    )
+    head_tensors = adapters[tasks.index(inside)].heads() if inside else {}
+    with atomic_dir(out_dir) as tmp:
+        _write_adapter(tmp, adapters[0].config, factors, head_tensors)
+        manifest["heads"] = save_heads(tmp, adapters, tasks)
+        write_manifest(tmp, manifest)
+    return report
+
+
+def _merged_factors(
+    adapters: Sequence[LoraDeltas],
+    method: str,
+    weights: Sequence[float] | None,
+    rank: int | None,
+    exact_svd: bool,
+    grams: GramLookup | None,
+    hp: Mapping,
+) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, float]]:
+    """Module -> output (B, A) float32, and module -> relative Frobenius error."""
+    factors, errors = {}, {}
+    if method in LINEAR_METHODS:  # from the factors: no dense ΔW at all
+        coeffs = _linear_coeffs(method, task_weights(weights, len(adapters)), hp)
+        for name, (b, a) in _concat_factors(adapters, coeffs).items():
+            b, a, errors[name] = (b, a, 0.0) if rank is None else factored_truncate(b, a, rank)
+            factors[name] = (b.float(), a.float())
+        return factors, errors
+    target = rank or max(m.rank for s in adapters for m in s.modules.values())
+    for name, delta in iter_merged(adapters, method, weights, grams=grams, **hp):
+        b, a, errors[name] = truncate(delta, target, exact=exact_svd)
+        factors[name] = (b.float(), a.float())
+    return factors, errors
+
+
+def _pick_head(
+    adapters: Sequence[LoraDeltas], tasks: Sequence[str], head: str | bool
+) -> str | None:
+    with_heads = [t for a, t in zip(adapters, tasks, strict=True) if a.head_keys]
+    if head is False or not with_heads:
+        return None
+    if head is True:
+        return with_heads[0]
+    if head not in with_heads:
+        raise OsrmError(f"head {head!r}: expected one of the tasks with a head {with_heads}")
+    return head
+
+
+def _write_adapter(
+    directory: Path, template: Mapping, factors: Mapping, heads: Mapping[str, Tensor]
+) -> None:
+    """peft files for factors whose scale is folded into B (lora_alpha = r: scaling 1)."""
+    tensors = {f"base_model.model.{name}": t.contiguous() for name, t in heads.items()}
+    ranks = {}
+    for name, (b, a) in factors.items():
+        module = name.removesuffix(".weight")
+        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
+        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
+        ranks[module] = a.shape[0]
+    r = max(ranks.values())
+    # full dotted names, regex-escaped: peft reads pattern keys as regexes
+    pattern = {re.escape(m): rm for m, rm in ranks.items() if rm != r}
+    config = dict(template)
+    config.update(
+        r=r,
+        lora_alpha=r,
+        rank_pattern=pattern,
+        alpha_pattern=dict(pattern),
+        use_rslora=False,
+        target_modules=sorted(ranks),
+        init_lora_weights=True,
+        modules_to_save=template.get("modules_to_save") if heads else None,
+        inference_mode=True,
+        layers_to_transform=None,
+        layers_pattern=None,
+        exclude_modules=None,
+    )
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
