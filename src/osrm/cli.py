@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; the work happens in :mod:`osrm.pipeline`.
+"""Command line: argument parsing only; the work happens in :mod:`osrm.pipeline` and the stages.
 
 User mistakes (:class:`osrm.errors.OsrmError`) print one line on stderr and exit with status 2;
 ``--debug`` shows the traceback instead.
@@ -7,6 +7,7 @@ User mistakes (:class:`osrm.errors.OsrmError`) print one line on stderr and exit
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -14,16 +15,151 @@ from collections.abc import Callable, Sequence
 from osrm import __version__
 from osrm.errors import OsrmError
 
-EXAMPLES = {
-    "demo": "examples:\n  osrm demo\n  osrm demo --run-dir /tmp/osrm-demo stats.examples=64",
-}
+COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (help, examples)
+    "run": (
+        "the whole job: statistics, OSRM bases, training, merging, evaluation, report",
+        ("osrm run configs/demo.yaml",
+         "osrm run configs/demo.yaml lora.rank=16 run_dir=runs/r16",
+         "osrm run configs/offline-suite.yaml 'merge.methods={ties: {density: [0.1, 0.2]}}'"),
+    ),
+    "stats": (
+        "activation statistics per task and the OSRM subspace diagnostics",
+        ("osrm stats configs/demo.yaml", "osrm stats configs/demo.yaml stats.examples=512"),
+    ),
+    "train": (
+        "train one adapter per (init, task) of a config (statistics first if needed)",
+        ("osrm train configs/demo.yaml", "osrm train configs/demo.yaml 'lora.inits=[osrm]'"),
+    ),
+    "eval": (
+        "evaluate a config's models, or one adapter / merged model on a task",
+        ("osrm eval configs/demo.yaml",
+         "osrm eval --adapter runs/demo/adapters/osrm/trec --task trec",
+         "osrm eval --merged merged/ta --task sms_spam --split test"),
+    ),
+    "merge": (
+        "merge peft LoRA adapters (any ranks) into a dense model or a LoRA adapter",
+        ("osrm merge a/ b/ c/ --method ties --density 0.2 --out merged/ties",
+         "osrm merge a/ b/ --method task_arithmetic --scale 0.5 --format lora --out merged/ta",
+         "osrm merge a/ b/ --method regmean --stats a.safetensors b.safetensors --out merged/rm"),
+    ),
+    "report": ("rebuild results.md/csv, plots and report.html of a run directory",
+               ("osrm report runs/demo",)),
+    "demo": (
+        "the embedded default on real offline data (all-MiniLM-L6-v2, 6 tasks)",
+        ("osrm demo", "osrm demo --quick", "osrm demo --run-dir /tmp/demo train.steps=50"),
+    ),
+}  # fmt: skip
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lora.rank=16")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     from osrm import pipeline
 
-    pipeline.demo(args.run_dir, args.overrides)
+    pipeline.print_summary(pipeline.run(args.config, args.overrides))
     return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from osrm import pipeline
+
+    out = pipeline.run(args.config, args.overrides, until="stats")
+    print(f"\n{out['subspace_table']}\n\nstatistics: {out['run_dir']}/stats/")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from osrm import pipeline
+
+    out = pipeline.run(args.config, args.overrides, until="train")
+    for (init, task), path in out["adapters"].items():
+        print(f"{init:10s} {task:22s} {path}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from osrm import commands, pipeline
+
+    if args.config is not None:
+        if args.adapter or args.merged:
+            raise OsrmError("give a CONFIG or --adapter/--merged, not both")
+        out = pipeline.run(args.config, args.overrides, until="eval")
+        pipeline.print_summary({**out, "report": None})
+        print(f"results: {out['run_dir']}/results.jsonl")
+        return 0
+    print(json.dumps(commands.eval_one(args), indent=2))
+    return 0
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    from osrm import commands
+
+    print(json.dumps(commands.merge(args), indent=2))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from osrm import commands
+
+    paths = commands.report(args.run_dir)
+    print(f"report: {paths['html']} (tables: {paths['markdown']}, {paths['csv']})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from osrm import pipeline
+
+    pipeline.demo(args.run_dir, args.overrides, quick=args.quick)
+    return 0
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "config", nargs="?", help="YAML config: evaluate its base/individual/merged models"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    p.add_argument("--adapter", help="a peft adapter directory (with its task head)")
+    p.add_argument("--merged", help="a dense merged model written by `osrm merge`")
+    p.add_argument("--task", help="task name (registry) for --adapter/--merged")
+    p.add_argument("--base", help="base model for --adapter (default: the adapter's own)")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--max-examples", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="split seed")
+
+
+def _add_merge(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "adapters", nargs="+", metavar="ADAPTER", help="adapter dirs (or hub names online)"
+    )
+    p.add_argument("--method", required=True, help="merge method, e.g. task_arithmetic, ties")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter (default 1)")
+    p.add_argument("--scale", type=float, help="λ: scale of the merged delta")
+    p.add_argument("--density", type=float, help="fraction kept (TIES, DARE, pruning)")
+    p.add_argument("--seed", type=int, help="seed of random methods (DARE)")
+    p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="other hyperparameters")
+    p.add_argument("--format", choices=["dense", "lora"], default="dense")
+    p.add_argument("--rank", type=int, help="LoRA output: truncate to this rank (SVD)")
+    p.add_argument("--base", help="dense output: base model (default: the adapters' base)")
+    p.add_argument("--stats", nargs="+", help="regmean: one statistics file per adapter")
+    p.add_argument("--tasks", nargs="+", help="task names of the adapters (default: from them)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+COMMAND_FUNCS: dict[str, tuple[Callable, Callable]] = {
+    "run": (_config_args, _cmd_run),
+    "stats": (_config_args, _cmd_stats),
+    "train": (_config_args, _cmd_train),
+    "eval": (_add_eval, _cmd_eval),
+    "merge": (_add_merge, _cmd_merge),
+    "report": (lambda p: p.add_argument("run_dir", help="a run directory"), _cmd_report),
+    "demo": (None, _cmd_demo),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,17 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser(
-        "demo",
-        help="statistics and OSRM subspaces on real offline data (all-MiniLM-L6-v2)",
-        description="Collect activation statistics of 6 real tasks on all-MiniLM-L6-v2, build "
-        "OSRM subspaces in every mode and print how much input energy each captures.",
-        epilog=EXAMPLES["demo"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    for name, (add_args, func) in COMMAND_FUNCS.items():
+        help_text, examples = COMMANDS[name]
+        p = sub.add_parser(
+            name, help=help_text, description=help_text,
+            epilog="examples:\n  " + "\n  ".join(examples),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
+        if add_args is not None:
+            add_args(p)
+        p.set_defaults(func=func)
+    demo = sub.choices["demo"]
+    demo.add_argument("--quick", action="store_true", help="3 tasks, small limits (< 5 minutes)")
     demo.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/demo)")
     demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -66,9 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     quiet_libraries()
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        return args.func(args)
     except OsrmError as e:
         if args.debug:
             raise

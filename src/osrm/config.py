@@ -66,7 +66,8 @@ class SubspaceSection(Section):
 class TrainSection(Section):
     """One explicit loop (osrm.train): AdamW, linear schedule with warm-up, accumulation."""
 
-    steps: int = Field(300, ge=1, description="optimizer steps per adapter")
+    steps: int = Field(300, ge=1, description="optimizer steps per adapter (unless epochs is set)")
+    epochs: float | None = Field(None, gt=0, description="if set: steps = ceil(epochs * n / batch)")
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(16, ge=1, description="examples per optimizer step (global batch)")
     grad_accum: int = Field(
@@ -93,6 +94,16 @@ class TrainSection(Section):
         return self
 
 
+class MergeSection(Section):
+    """Merging grid: method -> hyperparameter -> value or list of values (their product is run)."""
+
+    methods: dict[str, dict[str, Any] | None] = Field(
+        default_factory=lambda: {"task_arithmetic": {"scale": [0.3, 0.5, 0.7, 1.0]}}, min_length=1
+    )
+    weights: list[float] | None = Field(None, description="per-task weights, in tasks order")
+    save: bool = Field(False, description="also write each merged dense model under merged/")
+
+
 class EvalSection(Section):
     split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(64, ge=1)
@@ -113,6 +124,7 @@ class ExperimentConfig(Section):
     stats: StatsSection = StatsSection()
     subspace: SubspaceSection = SubspaceSection()
     train: TrainSection = TrainSection()
+    merge: MergeSection = MergeSection()
     eval: EvalSection = EvalSection()
 
     @property
@@ -126,6 +138,10 @@ class ExperimentConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"task names must be unique, repeated: {repeated}")
+        if self.merge.weights is not None and len(self.merge.weights) != len(names):
+            raise ValueError(
+                f"merge.weights has {len(self.merge.weights)} values for {len(names)} tasks"
+            )
         return self
 
 

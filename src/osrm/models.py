@@ -133,8 +133,9 @@ def load_model(
         dtype=dtype,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
+        ignore_mismatched_sizes=True,  # heads are per task: a saved head of another size is redrawn
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
-    model.config._name_or_path = ALIASES.get(name, name)
+    model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)
     return model, tokenizer

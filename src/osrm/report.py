@@ -2,7 +2,8 @@
 
 Rows of the table are (init, model, method, hyperparameters); columns are the tasks' main
 metrics, their average, and the average normalised by the individual adapters of the same init
-(merged score / individual score per task, then averaged): 1.0 means merging lost nothing.
+(merged score / individual score per task, then averaged): 1.0 means merging lost nothing. It is
+left blank when an individual score is not positive, where a ratio has no meaning.
 """
 
 from __future__ import annotations
@@ -74,7 +75,11 @@ def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[
         scores = [row[t] for t in tasks if t in row]
         if len(scores) == len(tasks):
             row["avg"] = sum(scores) / len(scores)
-            ratios = [row[t] / individual[key[0], t] for t in tasks if individual.get((key[0], t))]
+            # a ratio means something only against a positive individual score (a negative
+            # correlation or MCC would flip its sign): otherwise the row has no norm_avg
+            ratios = [
+                row[t] / individual[key[0], t] for t in tasks if individual.get((key[0], t), 0) > 0
+            ]
             row["norm_avg"] = sum(ratios) / len(ratios) if len(ratios) == len(tasks) else None
         out.append(row)
     order = {k: i for i, k in enumerate(KINDS)}

@@ -1,0 +1,140 @@
+"""Stage commands on the user's own artifacts: merge adapters, evaluate one model, rebuild a report.
+
+These take parsed command-line arguments and touch paths; the work is done by library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from osrm.config import load_config
+from osrm.errors import OsrmError
+from osrm.evaluate import evaluate
+from osrm.heads import head_outputs
+from osrm.merging import (
+    MANIFEST_FILE,
+    load_head,
+    lora_deltas,
+    read_manifest,
+    save_merged_adapter,
+    save_merged_model,
+)
+from osrm.models import load_model, resolve_model
+from osrm.report import read_results
+from osrm.stages.reporting import report_stage
+from osrm.tasks import get_task
+
+
+def resolve_adapter(name: str) -> str:
+    """A local adapter directory, or (online only) a hub repository downloaded to the cache."""
+    if Path(name).is_dir():
+        return name
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise OsrmError(
+            f"adapter {name!r}: no such directory, and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["adapter_config.json", "adapter_model.safetensors", "osrm_provenance.json"]
+    return snapshot_download(name, allow_patterns=patterns)
+
+
+def _hyperparameters(args: argparse.Namespace) -> dict:
+    hp = {k: getattr(args, k) for k in ("scale", "density", "seed") if getattr(args, k) is not None}
+    for item in args.hp:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise OsrmError(f"--hp {item!r}: expected key=value")
+        hp[key] = yaml.safe_load(raw)
+    return hp
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with a manifest."""
+    dirs = [resolve_adapter(a) for a in args.adapters]
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise OsrmError(f"--out {out} already exists; pass --force to replace it")
+    if args.weights is not None and len(args.weights) != len(dirs):
+        raise OsrmError(
+            f"--weights: expected {len(dirs)} values (one per adapter), got {len(args.weights)}"
+        )
+    hp = _hyperparameters(args)
+    common = {"stats": args.stats, "tasks": args.tasks, **hp}
+    if args.format == "lora":
+        res = save_merged_adapter(dirs, out, args.method, args.weights, rank=args.rank, **common)
+        worst = max(res.rel_errors.values(), default=0.0)
+        return {"output": str(res.path), "format": "lora", "exact": res.exact,
+                "max_rank": max(res.ranks.values()), "max_relative_error": worst}  # fmt: skip
+    if args.rank is not None:
+        raise OsrmError("--rank applies to --format lora only")
+    first = lora_deltas(dirs[0])
+    base = args.base or first.base_model
+    if not base:
+        raise OsrmError(f"{dirs[0]}: adapter_config.json names no base model; pass --base")
+    heads = first.heads()
+    model, tokenizer = load_model(base, head_outputs(heads) if heads else 2)
+    save_merged_model(model, dirs, out, args.method, args.weights, **common)
+    return {
+        "output": str(out),
+        "format": "dense",
+        "base_model": base,
+        "manifest": str(out / MANIFEST_FILE),
+    }
+
+
+def eval_one(args: argparse.Namespace) -> dict:
+    """``osrm eval --adapter DIR | --merged DIR --task T``: one model's metrics on one task."""
+    if not args.task or bool(args.adapter) == bool(args.merged):
+        raise OsrmError("evaluate one model with --task and exactly one of --adapter or --merged")
+    spec = get_task(args.task)
+    if args.adapter:
+        adapter = resolve_adapter(args.adapter)
+        base = args.base or lora_deltas(adapter).base_model
+        if not base:
+            raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
+        model, tokenizer = load_model(base, spec.num_labels)
+        model = PeftModel.from_pretrained(model, adapter).eval()
+    else:
+        manifest = read_manifest(args.merged)
+        if args.task not in manifest.get("heads", {}):
+            heads = sorted(manifest.get("heads", {}))
+            raise OsrmError(f"{args.merged}: no head for task {args.task!r}; heads: {heads}")
+        base = args.base or manifest.get("base_model")
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(
+            args.merged, num_labels=spec.num_labels, use_safetensors=True
+        )
+        model.config.pad_token_id = tokenizer.pad_token_id
+        load_head(model, args.merged, args.task)
+    scores = evaluate(
+        model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
+        batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
+    )  # fmt: skip
+    return {"task": args.task, "split": args.split, **scores}
+
+
+def report(run_dir: str | Path) -> dict:
+    """``osrm report RUN_DIR``: rebuild the report from the run's config and results."""
+    run_dir = Path(run_dir)
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise OsrmError(f"{run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(config)
+    results = read_results(run_dir / "results.jsonl")
+    if not results:
+        raise OsrmError(
+            f"{run_dir}/results.jsonl: no results yet; run `osrm run` or `osrm eval` first"
+        )
+    inter = run_dir / "interference.json"
+    matrices = json.loads(inter.read_text()) if inter.is_file() else {}
+    return report_stage(cfg, run_dir, results, matrices)["paths"]

@@ -1,0 +1,151 @@
+"""Stage 3: evaluate base, individual and merged models of every init on every task.
+
+Merging happens in ΔW space (``osrm.merging``) and is applied to one in-memory backbone, module
+by module; each task is then scored with its own head swapped in. Every score is appended to
+``results.jsonl`` as soon as it exists, and settings already there are skipped on a re-run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from osrm.config import ExperimentConfig
+from osrm.diagnostics import interference_matrix
+from osrm.errors import OsrmError
+from osrm.heads import adapter_head, use_head
+from osrm.merging import (
+    METHODS,
+    RANDOM_METHODS,
+    apply_deltas,
+    check_hyperparameters,
+    gram_lookup,
+    load_adapters,
+    merge_deltas,
+)
+from osrm.report import Result, append_results, hp_string, read_results
+from osrm.stages.common import TaskStats, eval_task, load_adapter_model, load_base, task_spec
+
+log = logging.getLogger(__name__)
+RESULTS_FILE = "results.jsonl"
+
+
+def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Every (method, hyperparameters) setting: the product of each method's value lists.
+
+    Random methods get ``seed = cfg.seed`` unless the config sets one.
+    """
+    grid = []
+    for method, space in cfg.merge.methods.items():
+        if method not in METHODS:
+            raise OsrmError(f"merge.methods: unknown method {method!r}; valid: {sorted(METHODS)}")
+        space = dict(space or {})
+        if method in RANDOM_METHODS:
+            space.setdefault("seed", cfg.seed)
+        keys = sorted(space)
+        values = [v if isinstance(v, list) else [v] for v in (space[k] for k in keys)]
+        for combo in itertools.product(*values):
+            hp = dict(zip(keys, combo, strict=True))
+            try:
+                check_hyperparameters(method, hp)
+            except OsrmError as e:
+                raise OsrmError(f"merge.methods.{method}: {e}") from None
+            grid.append((method, hp))
+    return grid
+
+
+@contextmanager
+def merged_into(model: nn.Module, merged: Mapping[str, Tensor]) -> Iterator[nn.Module]:
+    """Add merged ΔW's to ``model``'s weights for the duration of the block, then restore them."""
+    saved = {name: model.get_parameter(name).detach().clone() for name in merged}
+    try:
+        apply_deltas(model, merged)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, value in saved.items():
+                model.get_parameter(name).copy_(value)
+
+
+def _score(cfg: ExperimentConfig, model: nn.Module, tok, task: str, **key: str) -> Result:
+    spec = task_spec(cfg, task)
+    scores = eval_task(cfg, model, tok, task)
+    return Result(
+        task=task, metric=spec.main_metric, score=scores[spec.main_metric], scores=scores, **key
+    )
+
+
+def eval_stage(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    adapters: Mapping[tuple[str, str], Path],
+    stats_paths: Mapping[str, Path],
+) -> list[Result]:
+    """Score base, individual and every merged setting; return all results of the run."""
+    path = run_dir / RESULTS_FILE
+    done = {(r.key, r.task) for r in read_results(path)}
+    tasks = cfg.task_names
+    grid = merge_grid(cfg)
+    backbone, tok = load_base(cfg)
+    for init in cfg.lora.inits:
+        dirs = [adapters[init, t] for t in tasks]
+        heads = {t: adapter_head(d) for t, d in zip(tasks, dirs, strict=True)}
+        for task, adapter_dir in zip(tasks, dirs, strict=True):
+            if ((init, "individual", "", ""), task) not in done:
+                model, _ = load_adapter_model(cfg, adapter_dir, task)
+                append_results(path, [_score(cfg, model, tok, task, init=init, kind="individual")])
+            if ((init, "base", "", ""), task) not in done:
+                with use_head(backbone, heads[task]) as model:
+                    append_results(path, [_score(cfg, model, tok, task, init=init, kind="base")])
+        sources = load_adapters(dirs)
+        grams = None
+        for method, hp in grid:
+            key = (init, "merged", method, hp_string(hp))
+            todo = [t for t in tasks if (key, t) not in done]
+            if not todo:
+                continue
+            if method == "regmean" and grams is None:
+                grams = gram_lookup([stats_paths[t] for t in tasks], sources)
+            log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
+            merged = merge_deltas(sources, method, cfg.merge.weights,
+                                  grams=grams if method == "regmean" else None, **hp)  # fmt: skip
+            with merged_into(backbone, merged):
+                for task in todo:
+                    with use_head(backbone, heads[task]) as model:
+                        result = _score(cfg, model, tok, task, init=init, kind="merged",
+                                        method=method, hp=hp_string(hp))  # fmt: skip
+                    append_results(path, [result])
+    return read_results(path)
+
+
+def interference_stage(
+    cfg: ExperimentConfig, adapters: Mapping[tuple[str, str], Path], stats_by_task: TaskStats
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per init, the cross-task interference ratios ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (method.md §6)."""
+    out = {}
+    for init in cfg.lora.inits:
+        deltas = {}
+        for task in cfg.task_names:
+            (source,) = load_adapters([adapters[init, task]])
+            deltas[task] = {name.removesuffix(".weight"): source[name] for name in source}
+        out[init] = interference_matrix(deltas, stats_by_task)
+    return out
+
+
+def summarise_interference(matrices: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """Per init, the mean off-diagonal ratio (lower = adapters disturb each other less)."""
+    out = {}
+    for init, m in matrices.items():
+        off = [v for j, row in m.items() for t, v in row.items() if j != t]
+        out[init] = sum(off) / len(off) if off else float("nan")
+    return out
+
+
+__all__: Sequence[str] = ["eval_stage", "interference_stage", "merge_grid", "merged_into"]

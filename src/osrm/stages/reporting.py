@@ -1,0 +1,110 @@
+"""Stage 4: ``results.md``, ``results.csv``, PNG plots and one self-contained ``report.html``."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from osrm import __version__
+from osrm.config import ExperimentConfig, dump_config
+from osrm.plots import plot_best_bars, plot_interference, plot_scale_curves
+from osrm.report import Result, csv_table, markdown_table, results_table, table_columns
+from osrm.stages.common import write_text
+from osrm.stages.evaluation import summarise_interference
+
+Matrices = Mapping[str, Mapping[str, Mapping[str, float]]]
+
+
+def interference_rows(matrices: Matrices) -> list[dict[str, object]]:
+    """One row per (init, adapter j): ratios on every task's inputs."""
+    return [
+        {"init": init, "adapter": j, **row} for init, m in matrices.items() for j, row in m.items()
+    ]
+
+
+def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices) -> str:
+    tasks = cfg.task_names
+    lines = [
+        f"# osrm results: {cfg.run_dir}",
+        "",
+        f"Model `{cfg.model.name}`, LoRA r={cfg.lora.rank} alpha={cfg.lora.alpha} on "
+        f"{cfg.lora.target_modules}, {cfg.train.steps} steps, seed {cfg.seed}; scores are each "
+        f"task's main metric on its `{cfg.eval.split}` split; `norm. avg` = mean over tasks of "
+        "merged / individual score of the same init. osrm " + __version__ + ".",
+        "",
+        markdown_table(rows, table_columns(tasks)),
+    ]
+    if matrices:
+        cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
+        summary = ", ".join(f"{i}: {v:.3f}" for i, v in summarise_interference(matrices).items())
+        lines += [
+            "",
+            "## Interference ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (rows: adapter j, columns: task t)",
+            "",
+            markdown_table(interference_rows(matrices), cols),
+            "",
+            f"Mean off-diagonal ratio per init: {summary}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(rows: Sequence[Mapping], columns: Mapping[str, str]) -> str:
+    def cell(v: object) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else html.escape("" if v is None else str(v))
+
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
+    body = "".join(
+        "<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k in columns) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def html_report(
+    cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices, images: Sequence[Path]
+) -> str:
+    """One page, no external resources: tables inline, PNGs as data URIs."""
+    tasks = cfg.task_names
+    figures = "".join(
+        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
+        for p in images
+    )
+    inter = ""
+    if matrices:
+        cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
+        inter = "<h2>Interference ratios</h2>" + _html_table(interference_rows(matrices), cols)
+    style = (
+        "body{font-family:sans-serif;margin:2em;max-width:1400px}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
+        "th{background:#eee}img{max-width:100%}figure{margin:1em 0}"
+    )
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>osrm report</title>"
+        f"<style>{style}</style></head><body><h1>osrm results: {html.escape(cfg.run_dir)}</h1>"
+        f"<p>Model {html.escape(cfg.model.name)}, tasks {html.escape(', '.join(tasks))}, "
+        f"split {cfg.eval.split}, osrm {__version__}.</p>"
+        f"<h2>Scores</h2>{_html_table(rows, table_columns(tasks))}{inter}<h2>Plots</h2>{figures}"
+        f"<h2>Config</h2><pre>{html.escape(dump_config(cfg))}</pre></body></html>\n"
+    )
+
+
+def report_stage(
+    cfg: ExperimentConfig, run_dir: Path, results: Sequence[Result], matrices: Matrices
+) -> dict:
+    """Write every report artifact; return the table rows and the paths written."""
+    tasks = cfg.task_names
+    rows = results_table(results, tasks)
+    images = [
+        plot_scale_curves(rows, run_dir / "plot_scale.png"),
+        plot_best_bars(rows, tasks, run_dir / "plot_best.png"),
+    ]
+    if matrices:
+        images.append(plot_interference(matrices, run_dir / "plot_interference.png"))
+    paths = {
+        "markdown": write_text(run_dir / "results.md", markdown_report(cfg, rows, matrices)),
+        "csv": write_text(run_dir / "results.csv", csv_table(rows, table_columns(tasks))),
+        "html": write_text(run_dir / "report.html", html_report(cfg, rows, matrices, images)),
+    }
+    return {"rows": rows, "paths": paths, "images": images}

@@ -1,0 +1,115 @@
+"""Stage 1: activation statistics per task (reused when their inputs match), OSRM diagnostics."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from osrm.config import ExperimentConfig
+from osrm.data import batches, encode
+from osrm.diagnostics import subspace_report, summarise_report
+from osrm.report import markdown_table
+from osrm.stages.common import TaskStats, task_spec
+from osrm.stats import (
+    StatsMeta,
+    collect_stats,
+    find_target_modules,
+    load_stats,
+    save_stats,
+    weight_fingerprint,
+)
+from osrm.subspace import osrm_bases
+from osrm.tasks import load_task
+
+log = logging.getLogger(__name__)
+
+
+def stats_stage(
+    cfg: ExperimentConfig, run_dir: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase
+) -> tuple[TaskStats, dict[str, StatsMeta]]:
+    """Statistics of every task: reuse ``stats/<task>.safetensors`` if it matches, else collect."""
+    names = find_target_modules(model, cfg.lora.target_modules)
+    fingerprint = weight_fingerprint(model, names)
+    stats_by_task, metas = {}, {}
+    for task in cfg.task_names:
+        path = run_dir / "stats" / f"{task}.safetensors"
+        data = load_task(
+            task_spec(cfg, task), "train", seed=cfg.seed, max_examples=cfg.stats.examples
+        )
+        expected = StatsMeta(
+            base_model=cfg.model.name, fingerprint=fingerprint, task=task,
+            n_examples=len(data), n_tokens=-1, max_length=cfg.stats.max_length, mask=cfg.stats.mask,
+        )  # fmt: skip
+        if path.is_file():
+            stats, meta = load_stats(path)
+            if _same_inputs(meta, expected) and set(stats) == set(names):
+                log.info("statistics for %s: reusing %s", task, path)
+                stats_by_task[task], metas[task] = stats, meta
+                continue
+            log.info("statistics for %s: %s is stale, recomputing", task, path)
+        enc = encode(data, tokenizer, cfg.stats.max_length)
+        loader = batches(enc, tokenizer, cfg.stats.batch_size)
+        stats = collect_stats(model, loader, cfg.lora.target_modules, mask=cfg.stats.mask)
+        meta = StatsMeta(**{**asdict(expected), "n_tokens": next(iter(stats.values())).count})
+        save_stats(path, stats, meta)
+        stats_by_task[task], metas[task] = stats, meta
+    return stats_by_task, metas
+
+
+def _same_inputs(meta: StatsMeta, expected: StatsMeta) -> bool:
+    keys = ("fingerprint", "task", "n_examples", "max_length", "mask", "base_model")
+    return all(getattr(meta, k) == getattr(expected, k) for k in keys)
+
+
+def subspace_stage(
+    cfg: ExperimentConfig, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+) -> dict[str, list[dict]]:
+    """OSRM bases of every task in every configured mode, summarised per task."""
+    sub = cfg.subspace
+    out = {}
+    for mode in sub.modes:
+        bases = {
+            task: osrm_bases(
+                stats_by_task,
+                task,
+                cfg.lora.rank,
+                mode,
+                weighting=sub.weighting,
+                center=sub.center,
+                basis=sub.basis,
+                ridge=sub.ridge,
+                seed=cfg.seed,
+                metas=metas,
+            )  # fmt: skip
+            for task in cfg.task_names
+        }
+        energies, overlaps = subspace_report(
+            stats_by_task, bases, weighting=sub.weighting, center=sub.center, seed=cfg.seed
+        )
+        out[mode] = summarise_report(energies, overlaps)
+    return out
+
+
+def subspace_table(summary: dict[str, list[dict]], dims: tuple[int, int]) -> str:
+    """Markdown: per mode, mean over tasks of the captured energies (%) and the overlap."""
+    rows = []
+    for mode, per_task in summary.items():
+        mean = {k: sum(r[k] for r in per_task) / len(per_task) for k in per_task[0] if k != "task"}
+        rows.append(
+            {"mode": mode, **{k: 100 * v if k != "overlap" else v for k, v in mean.items()}}
+        )
+    # for random subspaces E‖A_i A_jᵀ‖²_F / r = r / d
+    rank, d_in = dims
+    rows.append({"mode": "random A", "other": rows[0]["other_random"],
+                 "own": rows[0]["own_random"], "overlap": rank / d_in})  # fmt: skip
+    columns = {
+        "mode": "A init",
+        "other": "other tasks' energy %",
+        "own": "own task's energy %",
+        "overlap": "overlap between tasks",
+    }
+    return markdown_table(rows, columns)

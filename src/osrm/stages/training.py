@@ -1,0 +1,133 @@
+"""Stage 2: one adapter per (init, task), skipped when a matching one is saved."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import torch
+
+from osrm import __version__
+from osrm.adapters import RECORD_FILE, Provenance, attach_lora, save_adapter
+from osrm.config import ExperimentConfig
+from osrm.data import batches, encode
+from osrm.stages.common import TaskStats, load_base, lora_config, run_fingerprint, task_spec
+from osrm.stats import (
+    StatsMeta,
+    stats_digest,
+)
+from osrm.subspace import osrm_bases
+from osrm.tasks import load_task
+from osrm.train import train
+
+log = logging.getLogger(__name__)
+
+
+# init name -> OSRM subspace mode (None: peft's default LoRA init)
+INIT_MODES = {"lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast"}
+
+
+def init_bases(
+    cfg: ExperimentConfig,
+    init: str,
+    task: str,
+    stats_by_task: TaskStats,
+    metas: dict[str, StatsMeta],
+) -> tuple[dict[str, torch.Tensor] | None, Provenance]:
+    """The initial A of ``task``'s adapter for ``init``, and its provenance."""
+    mode = INIT_MODES[init]
+    sub = cfg.subspace
+    options = {
+        "weighting": sub.weighting,
+        "center": sub.center,
+        "basis": sub.basis,
+        "ridge": sub.ridge,
+    }
+    prov = Provenance(
+        task=task, init=init, rank=cfg.lora.rank, mode=mode, options=options if mode else {},
+        stats_digests={t: stats_digest(s) for t, s in stats_by_task.items()} if mode else {},
+        base_fingerprint=metas[task].fingerprint if task in metas else None,
+        freeze_a=cfg.train.freeze_a,
+    )  # fmt: skip
+    if mode is None:
+        return None, prov
+    bases = osrm_bases(
+        stats_by_task, task, cfg.lora.rank, mode, seed=cfg.seed, metas=metas, **options
+    )
+    return bases, prov
+
+
+def adapter_stage(
+    cfg: ExperimentConfig, run_dir: Path, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+) -> dict[tuple[str, str], Path]:
+    """Train every (init, task) adapter into ``adapters/<init>/<task>``, skipping finished ones.
+
+    An adapter directory counts as finished when its training record matches this config.
+    """
+    out = {}
+    for init in cfg.lora.inits:
+        for task in cfg.task_names:
+            path = run_dir / "adapters" / init / task
+            bases, prov = init_bases(cfg, init, task, stats_by_task, metas)
+            record = path / RECORD_FILE
+            expected = run_fingerprint(cfg, task, init, prov)
+            if record.is_file() and json.loads(record.read_text()).get("fingerprint") == expected:
+                log.info("adapter %s/%s: reusing %s", init, task, path)
+            else:
+                log.info("adapter %s/%s: training", init, task)
+                train_task(cfg, task, path, bases=bases, provenance=prov)
+            out[init, task] = path
+    return out
+
+
+def train_task(
+    cfg: ExperimentConfig,
+    task: str,
+    out_dir: Path,
+    *,
+    bases: dict[str, torch.Tensor] | None = None,
+    provenance: Provenance | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train one task's adapter (peft default init, or OSRM ``bases``) and save it atomically.
+
+    The base model and head are drawn with ``cfg.seed``, so every init of a task starts from
+    the same head and sees the same batches. Checkpoints go to ``.<out_dir>.ckpt`` beside the
+    adapter and are removed once the adapter is saved.
+    """
+    spec = task_spec(cfg, task)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_base(cfg, spec.num_labels)
+    init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
+    peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=cfg.train.freeze_a)
+    data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.train.max_train_examples)
+    encoded = encode(data, tokenizer, cfg.train.max_length)
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+
+    def epoch_batches(epoch: int):
+        return batches(
+            encoded, tokenizer, micro, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+            group_by_length=cfg.train.group_by_length,
+        )  # fmt: skip
+
+    ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
+    fingerprint = run_fingerprint(cfg, task, init, provenance)
+    train_cfg = cfg.train
+    if train_cfg.epochs is not None:  # the paper trains for epochs: steps follow the task size
+        steps = math.ceil(train_cfg.epochs * len(data) / train_cfg.batch_size)
+        train_cfg = train_cfg.model_copy(update={"steps": steps})
+    result = train(peft_model, epoch_batches, train_cfg, checkpoint_dir=ckpt,
+                   fingerprint=fingerprint, progress=progress)  # fmt: skip
+    record = {
+        "task": task, "init": init, "seed": cfg.seed, "model": cfg.model.name,
+        "train": cfg.train.model_dump(), "lora": cfg.lora.model_dump(),
+        "train_examples": len(data), "steps": result.steps, "seconds": result.seconds,
+        "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
+        "fingerprint": fingerprint, "osrm_version": __version__,
+    }  # fmt: skip
+    save_adapter(peft_model, out_dir, provenance, record)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return record

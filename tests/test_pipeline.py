@@ -1,0 +1,136 @@
+"""`osrm run` end to end on a tiny random model with synthetic tasks; stage commands; re-runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from conftest import save_tiny_bert, write_synthetic_tasks
+from osrm.cli import main
+from osrm.report import read_results
+
+MERGE = {
+    "task_arithmetic": {"scale": [0.5, 1.0]},
+    "ties": {"density": 0.3},
+    "dare_ties": {"density": 0.5},
+    "knots": {"inner": "ties", "density": 0.3},
+    "tsv": None,
+    "regmean": {"alpha": 0.9},
+}
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    model_dir = save_tiny_bert(tmp_path / "tiny-bert")
+    (tmp_path / "data").mkdir()
+    config = {
+        "run_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "model": {"name": str(model_dir)},
+        "tasks": write_synthetic_tasks(tmp_path / "data"),
+        "lora": {
+            "rank": 4,
+            "alpha": 8,
+            "target_modules": ["query", "value"],
+            "inits": ["lora", "osrm"],
+        },
+        "stats": {"examples": 32, "batch_size": 16, "max_length": 16},
+        "subspace": {"modes": ["cov", "contrast"]},
+        "train": {"steps": 8, "lr": 1e-2, "batch_size": 8, "max_length": 16, "checkpoint_every": 4},
+        "merge": {"methods": MERGE},
+        "eval": {"max_eval_examples": 16, "batch_size": 16},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, tmp_path / "run"
+
+
+def test_run_end_to_end_then_rerun_skips_everything(tiny_run, capsys, caplog):
+    config, run_dir = tiny_run
+    assert main(["run", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "| init | model | method |" in out and "report:" in out
+    results = read_results(run_dir / "results.jsonl")
+    settings = {r.key for r in results}
+    # per init: base + individual + 2 TA scales + 5 other methods
+    assert len(settings) == 2 * (2 + 2 + 5)
+    assert len(results) == 3 * len(settings)
+    assert all(math.isfinite(r.score) for r in results)
+    md = (run_dir / "results.md").read_text()
+    header = [c.strip() for c in md.split("\n## ")[0].splitlines()[4].split("|")[1:-1]]
+    assert header == [
+        "init",
+        "model",
+        "method",
+        "hyperparameters",
+        "low",
+        "high",
+        "reg",
+        "avg",
+        "norm. avg",
+    ]
+    csv_rows = (run_dir / "results.csv").read_text().splitlines()
+    assert len(csv_rows) == 1 + len(settings) and "nan" not in "".join(csv_rows).lower()
+    for name in ("report.html", "plot_scale.png", "plot_best.png", "plot_interference.png",
+                 "interference.json", "subspace_report.json", "config.yaml"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    inter = json.loads((run_dir / "interference.json").read_text())
+    assert set(inter) == {"lora", "osrm"} and inter["osrm"]["low"]["low"] == pytest.approx(1.0)
+    # a re-run does no work: every artifact is reused, no result is added
+    stamps = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")}
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert main(["run", str(config)]) == 0
+    assert len(read_results(run_dir / "results.jsonl")) == len(results)
+    assert stamps == {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.safetensors")}
+    messages = " ".join(caplog.messages)
+    assert "reusing" in messages and "training" not in messages and "merging" not in messages
+    # extending the merge grid only runs the new settings
+    assert main(["run", str(config), "merge.methods={task_arithmetic: {scale: [0.5, 0.7]}}"]) == 0
+    assert len(read_results(run_dir / "results.jsonl")) == len(results) + 2 * 3
+
+
+def test_changed_settings_refuse_the_old_run_dir(tiny_run, capsys):
+    config, run_dir = tiny_run
+    assert main(["stats", str(config)]) == 0
+    assert "| cov |" in capsys.readouterr().out
+    assert main(["stats", str(config), "train.steps=9"]) == 2
+    assert "different 'train' section" in capsys.readouterr().err
+
+
+def test_merge_command_dense_and_lora_outputs_load(tiny_run, tmp_path, capsys):
+    config, run_dir = tiny_run
+    assert main(["train", str(config)]) == 0
+    capsys.readouterr()
+    assert main(["train", str(config), "lora.inits=[osrm]"]) == 2  # pinned: inits changed
+    capsys.readouterr()
+    adapters = [str(run_dir / "adapters" / "osrm" / t) for t in ("low", "high")]
+    out = tmp_path / "merged-lora"
+    assert main(["merge", *adapters, "--method", "task_arithmetic", "--scale", "0.5",
+                 "--format", "lora", "--out", str(out)]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report["exact"] is True and report["max_rank"] == 8
+    base = AutoModelForSequenceClassification.from_pretrained(tmp_path / "tiny-bert")
+    assert isinstance(PeftModel.from_pretrained(base, out), PeftModel)
+    dense = tmp_path / "merged-dense"
+    assert (
+        main(["merge", *adapters, "--method", "ties", "--density", "0.3", "--out", str(dense)]) == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", "--merged", str(dense), "--task", "low"]) == 2  # not a registry task
+    assert "unknown task 'low'" in capsys.readouterr().err
+    assert main(["merge", *adapters, "--method", "ties", "--out", str(dense)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["merge", *adapters, "--method", "tie", "--out", str(tmp_path / "x")]) == 2
+    assert "tie" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_report_command_rebuilds(tiny_run, capsys):
+    config, run_dir = tiny_run
+    assert main(["report", str(run_dir)]) == 2
+    assert "not a run directory" in capsys.readouterr().err
