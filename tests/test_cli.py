@@ -1,4 +1,4 @@
-"""The command line on real offline data: demo end to end, reuse, one-line errors."""
+"""The command line on real offline data: the quick demo end to end, one-line errors, help."""
 
 from __future__ import annotations
 
@@ -8,32 +8,31 @@ import sys
 
 import pytest
 
-from osrm.cli import main
+from osrm.cli import COMMANDS, main
+from osrm.report import read_results
 from osrm.stats import load_stats
 
-SMALL = ["tasks=[trec,sms_spam,rotten_tomatoes]", "stats.examples=24", "stats.max_length=32"]
+SMALL = [
+    "train.steps=4", "stats.examples=24", "eval.max_eval_examples=24",
+    "merge.methods={task_arithmetic: {scale: [0.5, 1.0]}, ties: {density: 0.2}}",
+]  # fmt: skip
 
 
 @pytest.mark.slow
-def test_demo_small_end_to_end_and_reuse(tmp_path, capsys, caplog):
+def test_quick_demo_small_end_to_end(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["demo", "--run-dir", str(run), *SMALL]) == 0
+    assert main(["demo", "--quick", "--run-dir", str(run), *SMALL]) == 0
     out = capsys.readouterr().out
-    assert "| cov |" in out and "| contrast |" in out and "| random A |" in out
-    report = json.loads((run / "subspace_report.json").read_text())
-    cov = report["modes"]["cov"]
-    assert [r["task"] for r in cov] == ["trec", "sms_spam", "rotten_tomatoes"]
+    assert "| lora | individual |" in out and "| osrm | merged | ties |" in out
+    assert "report:" in out and (run / "report.html").is_file()
+    results = read_results(run / "results.jsonl")
+    assert {r.task for r in results} == {"trec", "sms_spam", "vader_movies"}
+    assert len(results) == 2 * (2 + 3) * 3  # inits x (base, individual, 3 merges) x tasks
+    cov = json.loads((run / "subspace_report.json").read_text())["modes"]["cov"]
     for row in cov:  # OSRM's A sees less of the other tasks than a random A does
         assert row["other"] < row["other_random"]
     stats, meta = load_stats(run / "stats" / "trec.safetensors")
-    assert meta.n_examples == 24 and meta.max_length == 32 and len(stats) == 12
-    first = (run / "stats" / "trec.safetensors").stat().st_mtime_ns
-    caplog.set_level("INFO")
-    assert main(["demo", "--run-dir", str(run), *SMALL]) == 0
-    assert (run / "stats" / "trec.safetensors").stat().st_mtime_ns == first
-    assert "reusing" in caplog.text
-    assert main(["demo", "--run-dir", str(run), *SMALL[:2], "stats.max_length=24"]) == 0
-    assert (run / "stats" / "trec.safetensors").stat().st_mtime_ns != first  # stale: recomputed
+    assert meta.n_examples == 24 and meta.max_length == 64 and len(stats) == 12
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -47,7 +46,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_help_has_examples(capsys):
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_complete_help(command, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["demo", "--help"])
-    assert info.value.code == 0 and "examples:" in capsys.readouterr().out
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    assert info.value.code == 0 and "examples:" in text and f"osrm {command}" in text

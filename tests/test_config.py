@@ -9,24 +9,32 @@ import pytest
 from osrm.config import apply_overrides, dump_config, load_config, parse_config
 from osrm.errors import OsrmError
 from osrm.pipeline import DEMO_CONFIG
+from osrm.stages.evaluation import merge_grid
 
 CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 
 
 def test_configs_exist():
-    assert {p.name for p in CONFIGS} >= {"demo.yaml", "glue-roberta-large.yaml"}
+    assert {p.name for p in CONFIGS} == {
+        "demo.yaml", "demo-quick.yaml", "offline-suite.yaml", "glue-roberta-large.yaml",
+        "glue-llama3-8b.yaml", "smollm2-offline.yaml",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates(path):
     cfg = load_config(path)
     assert cfg.tasks and cfg.lora.rank >= 1
+    assert merge_grid(cfg)  # every method and hyperparameter name is valid
     assert parse_config(__import__("yaml").safe_load(dump_config(cfg))) == cfg  # dump round-trips
 
 
-def test_packaged_demo_config_is_the_shipped_one():
-    repo = Path(__file__).parents[1] / "configs" / "demo.yaml"
-    assert DEMO_CONFIG.read_text() == repo.read_text()
+def test_packaged_demo_configs_are_the_shipped_ones():
+    for packaged in (DEMO_CONFIG, DEMO_CONFIG.with_name("demo-quick.yaml")):
+        assert (
+            packaged.read_text()
+            == (Path(__file__).parents[1] / "configs" / packaged.name).read_text()
+        )
 
 
 def test_typed_overrides():

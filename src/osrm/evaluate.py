@@ -35,7 +35,8 @@ def predict(
     preds, labels = [], []
     try:
         with torch.no_grad():
-            for batch in tqdm(loader, desc="eval", unit="batch", disable=not progress):
+            bar = tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False)
+            for batch in bar:
                 inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                 logits = model(**inputs).logits.float()
                 if regression and logits.shape[-1] != 1:

@@ -64,8 +64,9 @@ def plot_best_bars(rows: Sequence[Mapping], tasks: Sequence[str], path: Path) ->
     """Per-task scores of each method at its best setting, one panel per init."""
     best = best_settings(rows)
     inits = list(dict.fromkeys(r["init"] for r in rows))
-    fig, axes = plt.subplots(len(inits), 1, figsize=(max(6, 1.2 * len(tasks) + 2), 3 * len(inits)),
-                             squeeze=False, sharey=True)  # fmt: skip
+    width_in = max(7.0, 1.3 * len(tasks) + 3)
+    fig, axes = plt.subplots(len(inits), 1, figsize=(width_in, 3.2 * len(inits)), squeeze=False,
+                             sharey=True, constrained_layout=True)  # fmt: skip
     for ax, init in zip(axes[:, 0], inits, strict=True):
         series = [r for r in rows if r["init"] == init and r["model"] == "individual"]
         series += [r for r in best if r["init"] == init]
@@ -74,9 +75,11 @@ def plot_best_bars(rows: Sequence[Mapping], tasks: Sequence[str], path: Path) ->
             label = r["method"] or r["model"]
             xs = [k + i * width for k in range(len(tasks))]
             ax.bar(xs, [r.get(t) or 0.0 for t in tasks], width=width, label=label)
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(tasks))], tasks, rotation=20)
+        ax.set_xticks(
+            [k + 0.4 - width / 2 for k in range(len(tasks))], tasks, rotation=15, fontsize=8
+        )
         ax.set(title=f"init: {init}", ylabel="score")
-        ax.legend(fontsize=7, ncol=4)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, path)
 
 
@@ -85,15 +88,16 @@ def plot_interference(
 ) -> Path:
     """Heat maps of ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (rows: adapter j, columns: task t), one per init."""
     inits = list(matrices)
-    fig, axes = plt.subplots(1, len(inits), figsize=(4.2 * len(inits), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(inits), figsize=(3.6 * len(inits) + 2.0, 4.2), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
     vmax = max(v for m in matrices.values() for row in m.values() for v in row.values())
-    for ax, init in zip(axes[0], inits, strict=True):
+    for i, (ax, init) in enumerate(zip(axes[0], inits, strict=True)):
         tasks = list(matrices[init])
         grid = [[matrices[init][j][t] for t in tasks] for j in tasks]
         image = ax.imshow(grid, vmin=0, vmax=vmax, cmap="viridis")
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(len(tasks)), tasks, fontsize=7)
-        ax.set(title=f"{init}", xlabel="inputs of task t", ylabel="adapter j")
+        ax.set_yticks(range(len(tasks)), tasks if i == 0 else [], fontsize=7)
+        ax.set(title=f"{init}", xlabel="inputs of task t", ylabel="adapter j" if i == 0 else "")
         for (a, b), v in ((pos, grid[pos[0]][pos[1]]) for pos in _cells(len(tasks))):
             ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)

@@ -97,6 +97,7 @@ def eval_task(cfg: ExperimentConfig, model: nn.Module, tokenizer, task: str) -> 
         batch_size=cfg.eval.batch_size,
         seed=cfg.seed,
         max_examples=cfg.eval.max_eval_examples,
+        progress=True,
     )
 
 

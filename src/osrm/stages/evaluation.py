@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from osrm.atomic import atomic_dir
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import interference_matrix
 from osrm.errors import OsrmError
@@ -29,7 +30,9 @@ from osrm.merging import (
     gram_lookup,
     load_adapters,
     merge_deltas,
+    save_heads,
 )
+from osrm.merging.manifest import build_manifest, hp_record, write_manifest
 from osrm.report import Result, append_results, hp_string, read_results
 from osrm.stages.common import TaskStats, eval_task, load_adapter_model, load_base, task_spec
 
@@ -74,6 +77,27 @@ def merged_into(model: nn.Module, merged: Mapping[str, Tensor]) -> Iterator[nn.M
                 model.get_parameter(name).copy_(value)
 
 
+def save_merged(
+    cfg: ExperimentConfig,
+    out: Path,
+    backbone: nn.Module,
+    merged: Mapping[str, Tensor],
+    dirs: Sequence[Path],
+    method: str,
+    hp: Mapping[str, Any],
+) -> None:
+    """``merge.save``: the merged dense backbone with every task's head and a manifest."""
+    sources = load_adapters(dirs)
+    manifest = build_manifest(
+        output="dense", method=method, weights=cfg.merge.weights,
+        hyperparameters=hp_record(method, hp), sources=sources, tasks=cfg.task_names,
+    )  # fmt: skip
+    with merged_into(backbone, merged), atomic_dir(out) as tmp:
+        backbone.save_pretrained(str(tmp), safe_serialization=True)
+        manifest["heads"] = save_heads(tmp, sources, cfg.task_names)
+        write_manifest(tmp, manifest)
+
+
 def _score(cfg: ExperimentConfig, model: nn.Module, tok, task: str, **key: str) -> Result:
     spec = task_spec(cfg, task)
     scores = eval_task(cfg, model, tok, task)
@@ -116,6 +140,9 @@ def eval_stage(
             log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
             merged = merge_deltas(sources, method, cfg.merge.weights,
                                   grams=grams if method == "regmean" else None, **hp)  # fmt: skip
+            if cfg.merge.save:
+                save_merged(cfg, run_dir / "merged" / init / method / (hp_string(hp) or "default"),
+                            backbone, merged, dirs, method, hp)  # fmt: skip
             with merged_into(backbone, merged):
                 for task in todo:
                     with use_head(backbone, heads[task]) as model:

@@ -30,34 +30,42 @@ log = logging.getLogger(__name__)
 INIT_MODES = {"lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast"}
 
 
-def init_bases(
-    cfg: ExperimentConfig,
-    init: str,
-    task: str,
-    stats_by_task: TaskStats,
-    metas: dict[str, StatsMeta],
-) -> tuple[dict[str, torch.Tensor] | None, Provenance]:
-    """The initial A of ``task``'s adapter for ``init``, and its provenance."""
-    mode = INIT_MODES[init]
+def subspace_options(cfg: ExperimentConfig) -> dict:
+    """Keyword options of :func:`osrm.subspace.osrm_bases` from the config."""
     sub = cfg.subspace
-    options = {
+    return {
         "weighting": sub.weighting,
         "center": sub.center,
         "basis": sub.basis,
         "ridge": sub.ridge,
     }
-    prov = Provenance(
-        task=task, init=init, rank=cfg.lora.rank, mode=mode, options=options if mode else {},
-        stats_digests={t: stats_digest(s) for t, s in stats_by_task.items()} if mode else {},
+
+
+def provenance(
+    cfg: ExperimentConfig,
+    init: str,
+    task: str,
+    digests: dict[str, str],
+    metas: dict[str, StatsMeta],
+) -> Provenance:
+    """How ``task``'s adapter for ``init`` starts (recorded beside it and in its fingerprint)."""
+    mode = INIT_MODES[init]
+    return Provenance(
+        task=task, init=init, rank=cfg.lora.rank, mode=mode,
+        options=subspace_options(cfg) if mode else {}, stats_digests=digests if mode else {},
         base_fingerprint=metas[task].fingerprint if task in metas else None,
         freeze_a=cfg.train.freeze_a,
     )  # fmt: skip
-    if mode is None:
-        return None, prov
-    bases = osrm_bases(
-        stats_by_task, task, cfg.lora.rank, mode, seed=cfg.seed, metas=metas, **options
-    )
-    return bases, prov
+
+
+def init_bases(
+    cfg: ExperimentConfig, prov: Provenance, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+) -> dict[str, torch.Tensor] | None:
+    """The initial A of an adapter (None: peft's default init)."""
+    if prov.mode is None:
+        return None
+    return osrm_bases(stats_by_task, prov.task, cfg.lora.rank, prov.mode, seed=cfg.seed,
+                      metas=metas, **subspace_options(cfg))  # fmt: skip
 
 
 def adapter_stage(
@@ -68,16 +76,18 @@ def adapter_stage(
     An adapter directory counts as finished when its training record matches this config.
     """
     out = {}
+    digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
     for init in cfg.lora.inits:
         for task in cfg.task_names:
             path = run_dir / "adapters" / init / task
-            bases, prov = init_bases(cfg, init, task, stats_by_task, metas)
+            prov = provenance(cfg, init, task, digests, metas)
             record = path / RECORD_FILE
             expected = run_fingerprint(cfg, task, init, prov)
             if record.is_file() and json.loads(record.read_text()).get("fingerprint") == expected:
                 log.info("adapter %s/%s: reusing %s", init, task, path)
             else:
                 log.info("adapter %s/%s: training", init, task)
+                bases = init_bases(cfg, prov, stats_by_task, metas)
                 train_task(cfg, task, path, bases=bases, provenance=prov)
             out[init, task] = path
     return out
