@@ -43,7 +43,8 @@ def plot_scale_curves(rows: Sequence[Mapping], path: Path, method: str = "task_a
     ax.axhline(1.0, color="grey", lw=0.8, ls="--")
     ax.set(xlabel="scale λ", ylabel="normalised average (merged / individual)",
            title=f"{method}: robustness to λ")  # fmt: skip
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
