@@ -19,9 +19,13 @@ from torch import Tensor, nn
 from osrm import __version__
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
+from osrm.manifest import seal_dir, verify_dir
+from osrm.safety import ADAPTER_WEIGHTS, require_safetensors
 
 PROVENANCE_FILE = "osrm_provenance.json"
 RECORD_FILE = "training.json"
+# what a finished adapter directory of a run must hold (and its manifest must vouch for)
+RUN_ADAPTER_FILES = (ADAPTER_WEIGHTS, "adapter_config.json", RECORD_FILE)
 # peft inits that leave the base weights alone and only draw A/B; others (pissa, olora, eva,
 # corda, loftq) rewrite the base or need their own data, which an OSRM basis would contradict.
 _PLAIN_INITS = (True, False, "gaussian")
@@ -116,16 +120,69 @@ def save_adapter(
     """``save_pretrained`` into ``out_dir`` atomically, with the OSRM provenance beside it.
 
     ``record`` (e.g. the training history) is written as ``training.json`` in the same step,
-    so an adapter directory is either complete or absent.
+    and ``osrm_manifest.json`` lists every file's sha256, so an adapter directory is either
+    complete and verifiable or absent.
     """
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(str(tmp))
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        _sort_set_fields(tmp / "adapter_config.json", peft_model)
         if provenance is not None:
             (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
         if record is not None:
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        seal_dir(tmp)
     return out_dir
+
+
+def _sort_set_fields(path: Path, peft_model: PeftModel) -> None:
+    """peft writes set-valued fields (``target_modules``) in set order, which changes from one
+    process to the next (string hashing is salted); sorted, equal adapters give equal files."""
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    sets = {
+        k for c in peft_model.peft_config.values() for k, v in vars(c).items() if isinstance(v, set)
+    }
+    for key in sets:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key], key=str)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))  # peft's own layout
+
+
+def finished_adapter(adapter_dir: str | Path, fingerprint: str) -> bool:
+    """Whether a run's adapter directory is complete, unaltered and made from ``fingerprint``.
+
+    Complete and unaltered: its manifest lists the weights, config and training record with
+    matching sha256. Made from ``fingerprint``: ``training.json`` records the same inputs.
+    """
+    path = Path(adapter_dir)
+    if not path.is_dir() or verify_dir(path, RUN_ADAPTER_FILES) is not None:
+        return False
+    try:
+        return json.loads((path / RECORD_FILE).read_text()).get("fingerprint") == fingerprint
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | Path) -> PeftModel:
+    """``PeftModel.from_pretrained`` from safetensors only (a pickle-only directory is refused).
+
+    An adapter directory with an ``osrm_manifest.json`` must also match it; an adapter that
+    does not fit ``model`` (other target modules, other shapes) is one :class:`OsrmError` line.
+    """
+    require_safetensors(adapter_dir)
+    if (Path(adapter_dir) / "osrm_manifest.json").is_file():
+        problem = verify_dir(adapter_dir)
+        if problem:
+            raise OsrmError(problem)
+    try:
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    except (ValueError, RuntimeError, KeyError, TypeError) as e:
+        text = " ".join(str(e).split())
+        raise OsrmError(
+            f"{adapter_dir}: peft cannot load this adapter onto the base model ({text[:300]})"
+        ) from None
 
 
 def load_provenance(adapter_dir: str | Path) -> Provenance | None:

@@ -2,22 +2,24 @@
 
 Tensors: ``param.<name>`` (trainable parameters), ``optim.<index>.<key>`` (AdamW moments and
 step counters), ``rng.cpu`` / ``rng.cuda``. Metadata (JSON): the loop position, the optimizer's
-param groups and the scheduler state.
+param groups and the scheduler state, and ``sha256`` of all of it: a checkpoint whose content
+no longer matches is ignored (training starts over) rather than resumed from.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from osrm.atomic import atomic_file
+from osrm.atomic import write_safetensors
 from osrm.errors import OsrmError
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,8 @@ def save_checkpoint(
         "param_groups": json.dumps(opt["param_groups"]),
         "scheduler": json.dumps(scheduler.state_dict()),
     }
-    with atomic_file(directory / FILE) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    metadata["sha256"] = content_digest(tensors, metadata)
+    write_safetensors(directory / FILE, tensors, metadata)
 
 
 def load_checkpoint(
@@ -70,7 +72,9 @@ def load_checkpoint(
 ) -> Checkpoint | None:
     """Restore a checkpoint into model/optimizer/scheduler/RNG; None if there is none to resume.
 
-    A checkpoint of another run (different fingerprint) is ignored with a warning.
+    A checkpoint of another run (different fingerprint), or one that is unreadable or does not
+    match its sha256, is ignored with a warning: training then starts over, which gives the
+    same result, only later.
     """
     path = directory / FILE
     if not path.is_file():
@@ -82,9 +86,13 @@ def load_checkpoint(
         state = Checkpoint(**json.loads(metadata["state"]))
         groups, sched = json.loads(metadata["param_groups"]), json.loads(metadata["scheduler"])
     except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise OsrmError(f"{path}: unreadable checkpoint ({e}); delete it to start over") from None
+        log.warning("ignoring %s: unreadable (%s); starting over", path, " ".join(str(e).split()))
+        return None
     if metadata.get("format") != FORMAT or state.fingerprint != fingerprint:
         log.warning("ignoring %s: it belongs to another run", path)
+        return None
+    if metadata.get("sha256") != content_digest(tensors, metadata):
+        log.warning("ignoring %s: its content does not match its sha256; starting over", path)
         return None
     _restore_params(path, model, tensors)
     slots: dict[int, dict] = {}
@@ -99,6 +107,19 @@ def load_checkpoint(
         torch.cuda.set_rng_state(tensors["rng.cuda"])
     log.info("resuming from %s at step %d", path, state.step)
     return state
+
+
+def content_digest(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str]) -> str:
+    """sha256 over every tensor (name, dtype, shape, bytes) and the metadata but ``sha256``."""
+    digest = hashlib.sha256()
+    for key in sorted(metadata):
+        if key != "sha256":
+            digest.update(f"{key}={metadata[key]}\n".encode())
+    for key in sorted(tensors):
+        t = tensors[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _restore_params(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -11,23 +11,27 @@ import os
 from pathlib import Path
 
 import yaml
-from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from osrm.adapters import load_adapter
 from osrm.config import load_config
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
 from osrm.heads import head_outputs
 from osrm.merging import (
     MANIFEST_FILE,
+    get_method,
+    load_adapters,
     load_head,
     lora_deltas,
     read_manifest,
     save_merged_adapter,
     save_merged_model,
+    validate_hyperparameters,
 )
 from osrm.models import load_model, resolve_model
 from osrm.report import read_results
+from osrm.safety import require_safetensors
 from osrm.stages.reporting import report_stage
 from osrm.tasks import get_task
 
@@ -56,17 +60,38 @@ def _hyperparameters(args: argparse.Namespace) -> dict:
     return hp
 
 
-def merge(args: argparse.Namespace) -> dict:
-    """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with a manifest."""
-    dirs = [resolve_adapter(a) for a in args.adapters]
-    out = Path(args.out)
-    if out.exists() and not args.force:
+def check_output(out: Path, force: bool) -> None:
+    """``--out`` may be new, or (with ``--force``) an earlier ``osrm merge`` output: never a
+    file or a folder that osrm did not write."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
         raise OsrmError(f"--out {out} already exists; pass --force to replace it")
-    if args.weights is not None and len(args.weights) != len(dirs):
+    if out.is_symlink() or not (out / MANIFEST_FILE).is_file():
         raise OsrmError(
-            f"--weights: expected {len(dirs)} values (one per adapter), got {len(args.weights)}"
+            f"--out {out} exists and is not an osrm merge output (no {MANIFEST_FILE}); "
+            "refusing to replace it, choose another --out"
+        )
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with manifests."""
+    out = Path(args.out)
+    check_output(out, args.force)
+    get_method(args.method)
+    if args.weights is not None and len(args.weights) != len(args.adapters):
+        raise OsrmError(
+            f"--weights: expected {len(args.adapters)} values (one per adapter), "
+            f"got {len(args.weights)}"
         )
     hp = _hyperparameters(args)
+    try:
+        validate_hyperparameters(args.method, hp, args.weights or [1.0] * len(args.adapters))
+    except OsrmError as e:
+        raise OsrmError(f"--method {args.method}: {e}") from None
+    if (args.method == "regmean") != bool(args.stats):
+        raise OsrmError("--stats (one statistics file per adapter) goes with --method regmean only")
+    dirs = [resolve_adapter(a) for a in args.adapters]
     common = {"stats": args.stats, "tasks": args.tasks, **hp}
     if args.format == "lora":
         res = save_merged_adapter(dirs, out, args.method, args.weights, rank=args.rank, **common)
@@ -75,13 +100,13 @@ def merge(args: argparse.Namespace) -> dict:
                 "max_rank": max(res.ranks.values()), "max_relative_error": worst}  # fmt: skip
     if args.rank is not None:
         raise OsrmError("--rank applies to --format lora only")
-    first = lora_deltas(dirs[0])
-    base = args.base or first.base_model
+    sources = load_adapters(dirs)  # checked (same base, finite, manifests) before the model loads
+    base = args.base or sources[0].base_model
     if not base:
         raise OsrmError(f"{dirs[0]}: adapter_config.json names no base model; pass --base")
-    heads = first.heads()
+    heads = sources[0].heads()
     model, tokenizer = load_model(base, head_outputs(heads) if heads else 2)
-    save_merged_model(model, dirs, out, args.method, args.weights, **common)
+    save_merged_model(model, sources, out, args.method, args.weights, **common)
     return {
         "output": str(out),
         "format": "dense",
@@ -97,11 +122,12 @@ def eval_one(args: argparse.Namespace) -> dict:
     spec = get_task(args.task)
     if args.adapter:
         adapter = resolve_adapter(args.adapter)
+        require_safetensors(adapter)
         base = args.base or lora_deltas(adapter).base_model
         if not base:
             raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
         model, tokenizer = load_model(base, spec.num_labels)
-        model = PeftModel.from_pretrained(model, adapter).eval()
+        model = load_adapter(model, adapter).eval()
     else:
         manifest = read_manifest(args.merged)
         if args.task not in manifest.get("heads", {}):

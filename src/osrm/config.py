@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from osrm.errors import OsrmError
+from osrm.safety import check_name
 
 
 class Section(BaseModel):
@@ -51,6 +52,7 @@ class StatsSection(Section):
     batch_size: int = Field(32, ge=1)
     max_length: int = Field(64, ge=2)
     mask: Literal["attention", "none"] = "attention"
+    dtype: Literal["float64", "float32"] = Field("float64", description="accumulation dtype")
 
 
 class SubspaceSection(Section):
@@ -135,6 +137,8 @@ class ExperimentConfig(Section):
     @model_validator(mode="after")
     def _unique_tasks(self) -> ExperimentConfig:
         names = self.task_names
+        for name in names:  # they become file names: stats/<task>.safetensors, adapters/...
+            check_name(name, "tasks: name")
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"task names must be unique, repeated: {repeated}")
@@ -154,8 +158,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise OsrmError(f"override {item!r}: expected key=value, e.g. lora.rank=16")
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:
-            raise OsrmError(f"override {item!r}: value is not valid YAML ({e.problem})") from None
+        except yaml.YAMLError as e:  # a ReaderError (control characters) has no .problem
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
+            raise OsrmError(f"override {item!r}: value is not valid YAML ({problem})") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -185,7 +190,12 @@ def _first_error(e: ValidationError) -> str:
     if err["type"] == "extra_forbidden":
         section = _section_at(err["loc"][:-1])
         return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
-    return f"field {loc!r}: {err['msg']} (got {err.get('input')!r})"
+    if err["type"] == "value_error":  # our own validators: their message says it all
+        message = str(err.get("ctx", {}).get("error", err["msg"]))
+        return f"field {loc!r}: {message}" if loc else message
+    got = repr(err.get("input"))
+    got = got if len(got) <= 80 else got[:77] + "..."
+    return f"field {loc!r}: {err['msg']} (got {got})"
 
 
 def _section_at(path: Sequence[Any]) -> type[BaseModel]:
@@ -206,7 +216,8 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     except OSError as e:
         raise OsrmError(f"{path}: cannot read config ({e.strerror})") from None
     except yaml.YAMLError as e:
-        raise OsrmError(f"{path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise OsrmError(f"{path}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise OsrmError(f"{path}: expected a mapping of sections at the top level")
     data = apply_overrides(data, overrides)

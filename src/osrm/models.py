@@ -108,33 +108,52 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
+def load_error(name: str, path: str, err: Exception) -> OsrmError:
+    """One line for a model that transformers cannot (or, without remote code, may not) load."""
+    text = " ".join(str(err).split())
+    if "trust_remote_code" in text:
+        return OsrmError(
+            f"model.name {name!r}: {path} needs its own Python code to load; osrm runs it only "
+            "with model.trust_remote_code: true (read that code first)"
+        )
+    return OsrmError(f"model.name {name!r}: cannot load a model from {path} ({text[:300]})")
+
+
 def load_model(
     name: str,
     num_labels: int,
     *,
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A sequence-classification model and its tokenizer (``num_labels=1`` means regression).
 
     Decoders without a pad token get ``pad = eos`` on both tokenizer and model config, so that
-    batched classification picks the last non-padding token.
+    batched classification picks the last non-padding token. On a GPU ``device`` the weights
+    load straight onto it (``device_map``), so 8 processes of an 8B model do not each hold a
+    CPU copy first.
     """
     path = resolve_model(name)
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=num_labels,
+            problem_type="regression" if num_labels == 1 else "single_label_classification",
+            dtype=dtype,
+            use_safetensors=True,
+            trust_remote_code=trust_remote_code,
+            # heads are per task: a saved head of another size is redrawn
+            ignore_mismatched_sizes=True,
+            device_map={"": str(device)} if device is not None and device.type == "cuda" else None,
+        )
+    except (OSError, ValueError) as e:
+        raise load_error(name, path, e) from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise OsrmError(f"model {name!r}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path,
-        num_labels=num_labels,
-        problem_type="regression" if num_labels == 1 else "single_label_classification",
-        dtype=dtype,
-        use_safetensors=True,
-        trust_remote_code=trust_remote_code,
-        ignore_mismatched_sizes=True,  # heads are per task: a saved head of another size is redrawn
-    )
     model.config.pad_token_id = tokenizer.pad_token_id
     # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
     model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)

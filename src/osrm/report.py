@@ -11,10 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from osrm.errors import OsrmError
+
+log = logging.getLogger(__name__)
 KINDS = ("base", "individual", "merged")  # table order
 
 
@@ -46,19 +51,51 @@ def hp_string(hp: Mapping[str, object]) -> str:
 
 
 def read_results(path: str | Path) -> list[Result]:
-    """All results of a ``results.jsonl`` (missing file: none)."""
+    """All results of a ``results.jsonl`` (missing file: none).
+
+    A last line without its newline is what an interrupted append leaves behind: it is ignored
+    (its result is computed again) and removed by the next :func:`append_results`.
+
+    Raises:
+        OsrmError: a complete line that is not a result, naming the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    return [Result(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    *lines, partial = path.read_bytes().split(b"\n")
+    results = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            results.append(Result(**json.loads(raw.decode("utf-8"))))
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            raise OsrmError(
+                f"{path}:{number}: not a result line ({type(e).__name__}); delete that line and "
+                "re-run to compute it again"
+            ) from None
+    if partial.strip():
+        log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
+    return results
+
+
+def _drop_partial_line(path: Path) -> None:
+    """Cut an unterminated last line (an interrupted append) so new lines start cleanly."""
+    data = path.read_bytes() if path.is_file() else b""
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
 
 
 def append_results(path: str | Path, results: Iterable[Result]) -> None:
-    """Append results as JSON lines (flushed per call; a crash loses at most the last call)."""
+    """Append results as JSON lines, one write each, flushed (a kill loses at most one line)."""
+    path = Path(path)
+    _drop_partial_line(path)
     with open(path, "a") as f:
         for r in results:
             f.write(json.dumps(asdict(r)) + "\n")
-        f.flush()
+            f.flush()
+        os.fsync(f.fileno())
 
 
 def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str, object]]:

@@ -29,6 +29,7 @@ from osrm.merging.methods import (
     task_arithmetic,
     ties,
     tsv,
+    validate_hyperparameters,
     weight_average,
 )
 from osrm.merging.outputs import (
@@ -85,5 +86,6 @@ __all__ = [
     "ties",
     "trim_magnitude",
     "tsv",
+    "validate_hyperparameters",
     "weight_average",
 ]

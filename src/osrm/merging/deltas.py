@@ -28,6 +28,8 @@ from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
 from osrm.errors import OsrmError
+from osrm.manifest import file_sha256
+from osrm.safety import require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,10 @@ def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -
         except re.error as e:
             raise OsrmError(f"adapter_config pattern {key!r} is not a valid regex ({e})") from None
     return default
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _read_config(path: Path) -> dict:
@@ -117,8 +123,7 @@ class LoraDeltas(Mapping[str, Tensor]):
         self.transposed = frozenset(self.modules) if self.fan_in_fan_out else frozenset()
 
     def _read_header(self) -> dict[str, tuple[int, ...]]:
-        if not self.weights_file.is_file():
-            raise OsrmError(f"{self.weights_file}: adapter weights not found")
+        require_safetensors(self.path)  # never peft's pickle fallback (adapter_model.bin)
         try:
             with safe_open(str(self.weights_file), framework="pt") as f:
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
@@ -154,6 +159,11 @@ class LoraDeltas(Mapping[str, Tensor]):
             )
         alpha_default = self.config.get("lora_alpha", 8)  # peft's defaults: r = lora_alpha = 8
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, alpha_default)
+        if not _finite_number(alpha):
+            raise OsrmError(
+                f"{self.path / CONFIG_FILE}: {module}: lora_alpha (or alpha_pattern) is {alpha!r}, "
+                "expected a finite number"
+            )
         scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
         self.modules[f"{module}.weight"] = LoraModule(key, key_b, rank, scale, d_out, d_in)
 
@@ -254,12 +264,3 @@ class LoraDeltas(Mapping[str, Tensor]):
 def lora_deltas(adapter_dir: str | Path) -> LoraDeltas:
     """Module name -> ΔW = s·B·A (d_out, d_in) float32 of one adapter, computed on access."""
     return LoraDeltas(adapter_dir)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

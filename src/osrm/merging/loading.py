@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import Tensor
 
 from osrm.errors import OsrmError
+from osrm.manifest import MANIFEST_FILE, verify_dir
 from osrm.merging.deltas import LoraDeltas
 
 
@@ -16,14 +17,18 @@ def load_adapters(adapter_dirs: Sequence[str | Path], validate: bool = True) -> 
     """Open k adapters and check they can be merged: same base model, same module shapes.
 
     Raises:
-        OsrmError: k = 0, a bad adapter, different ``base_model_name_or_path`` or osrm base
-            fingerprints, or one module with different shapes in two adapters.
+        OsrmError: k = 0, a bad adapter (or one that no longer matches its osrm manifest),
+            different ``base_model_name_or_path`` or osrm base fingerprints, or one module with
+            different shapes in two adapters.
     """
     if isinstance(adapter_dirs, (str, Path)) or len(adapter_dirs) == 0:
         raise OsrmError("adapters: expected a non-empty list of adapter directories")
     sources = [LoraDeltas(d) for d in adapter_dirs]
     if validate:
         for s in sources:
+            problem = verify_dir(s.path) if (s.path / MANIFEST_FILE).is_file() else None
+            if problem:
+                raise OsrmError(problem)
             s.validate()
     check_same_base(sources)
     return sources

@@ -13,6 +13,8 @@ from torch import Tensor
 
 from osrm import __version__
 from osrm.errors import OsrmError
+from osrm.manifest import MANIFEST_FILE as CONTENT_MANIFEST
+from osrm.manifest import verify_dir
 from osrm.merging.deltas import LoraDeltas, file_sha256
 from osrm.merging.loading import coverage_gaps
 from osrm.merging.methods import RANDOM_METHODS, hyperparameters
@@ -132,8 +134,13 @@ def write_manifest(directory: Path, manifest: Mapping) -> None:
 
 
 def read_manifest(directory: str | Path) -> dict:
-    """The manifest of a merged artifact; :class:`OsrmError` if missing or malformed."""
+    """The manifest of a merged artifact; :class:`OsrmError` if missing or malformed, or if the
+    directory's ``osrm_manifest.json`` (sha256 of every file) exists and does not match."""
     path = Path(directory) / MANIFEST_FILE
+    if (Path(directory) / CONTENT_MANIFEST).is_file():
+        problem = verify_dir(directory)
+        if problem:
+            raise OsrmError(problem)
     try:
         manifest = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:

@@ -182,6 +182,13 @@ def gram_lookup(
                 label = next(lbl for (_, _, lbl), f in zip(loaded, found, strict=True) if f is None)
                 raise OsrmError(f"{label}: no statistics for module {module!r}")
             return None
+        d_in = next((a.shape(name)[1] for a in adapters or () if name in a), found[0].d_in)
+        for (_, _, label), f in zip(loaded, found, strict=True):
+            if f.d_in != d_in:
+                raise OsrmError(
+                    f"{label}: module {module!r} has input dimension {f.d_in}, not {d_in}; "
+                    "statistics of another base model?"
+                )
         return torch.stack([f.xtx.double() / max(f.count, 1) for f in found])
 
     return lookup

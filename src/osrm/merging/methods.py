@@ -12,7 +12,7 @@ tensors only: a global top-k over all parameters trims nothing when only q/v cha
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -181,3 +181,23 @@ def check_hyperparameters(name: str, hp: dict) -> None:
         raise OsrmError(
             f"merge method {name!r} has no hyperparameter {unknown[0]!r}; valid: {sorted(valid)}"
         )
+
+
+def validate_hyperparameters(
+    name: str, hp: dict, weights: Sequence[float] | Tensor | None = None
+) -> None:
+    """Check a method's hyperparameter names *and values* (and task weights) before any work.
+
+    Values are checked where the method checks them, by merging a tiny zero stack, so the
+    errors are the method's own one-line :class:`OsrmError` messages.
+    """
+    fn = get_method(name)
+    check_hyperparameters(name, hp)
+    if "grams" in hp or "generator" in hp:
+        raise OsrmError(f"merge method {name!r}: grams and generator are not hyperparameters")
+    w = torch.ones(2) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    k = max(int(w.numel()), 1)
+    extra = {}
+    if name == "regmean":  # identity Gram matrices: any valid alpha and weights pass
+        extra["grams"] = torch.eye(2, dtype=torch.float64).expand(k, 2, 2)
+    fn(torch.zeros(k, 2, 2), w, **hp, **extra)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
+from osrm.manifest import seal_dir
 from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
 from osrm.merging.heads import save_heads
 from osrm.merging.loading import load_adapters
@@ -101,7 +102,7 @@ def save_merged_model(
             weights are updated in place (copy it first to keep the original).
         sources: adapter directories, or task-vector mappings (e.g. :func:`full_deltas`).
         out_dir: written atomically: ``save_pretrained`` files (safetensors),
-            ``heads/<task>.safetensors`` and ``osrm_merge.json``.
+            ``heads/<task>.safetensors``, ``osrm_merge.json`` and ``osrm_manifest.json`` (sha256).
         method, weights, stats, **hp: as in :func:`merge_adapters`.
         tasks: task names for the heads (default: osrm provenance or directory names).
     """
@@ -128,6 +129,7 @@ def save_merged_model(
         base_model.save_pretrained(str(tmp), safe_serialization=True)
         manifest["heads"] = save_heads(tmp, opened, tasks)
         write_manifest(tmp, manifest)
+        seal_dir(tmp)
     return Path(out_dir)
 
 
@@ -239,6 +241,7 @@ def save_merged_adapter(
         _write_adapter(tmp, adapters[0].config, factors, head_tensors)
         manifest["heads"] = save_heads(tmp, adapters, tasks)
         write_manifest(tmp, manifest)
+        seal_dir(tmp)
     return report
 
 

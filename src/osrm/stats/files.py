@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from osrm import __version__
-from osrm.atomic import atomic_file
+from osrm.atomic import write_safetensors
 from osrm.errors import OsrmError
+from osrm.manifest import check_listed
 from osrm.stats.layer import MASK_POLICIES, LayerStats
 
 FORMAT = "osrm.stats/1"
@@ -58,19 +58,28 @@ def save_stats(path: str | Path, stats: Mapping[str, LayerStats], meta: StatsMet
         tensors[f"{name}.xsum"] = s.xsum.contiguous()
         tensors[f"{name}.count"] = torch.tensor(s.count, dtype=torch.int64)
     metadata = {"format": FORMAT, "meta": json.dumps(asdict(meta)), "aliases": json.dumps(aliases)}
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    write_safetensors(path, tensors, metadata)
 
 
-def load_stats(path: str | Path) -> tuple[dict[str, LayerStats], StatsMeta]:
+def load_stats(
+    path: str | Path, *, check_manifest: bool = True
+) -> tuple[dict[str, LayerStats], StatsMeta]:
     """Read and validate a statistics file written by :func:`save_stats`.
 
+    Args:
+        path: the ``.safetensors`` file.
+        check_manifest: if the folder's ``osrm_manifest.json`` lists the file, its sha256 must
+            match (files that no manifest lists, e.g. shared ones, are checked for structure).
+
     Raises:
-        OsrmError: a missing, corrupt or inconsistent file (one line naming the file and field).
+        OsrmError: a missing, corrupt, altered or inconsistent file (one line naming the file).
     """
     path = Path(path)
     if not path.is_file():
         raise OsrmError(f"{path}: statistics file not found")
+    problem = check_listed(path) if check_manifest else None
+    if problem:
+        raise OsrmError(problem)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}

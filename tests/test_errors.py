@@ -1,0 +1,293 @@
+"""The bad-input catalogue: each case runs the real CLI on one bad input.
+
+Every case must exit with status 2, print exactly one stderr line ``osrm: error: ...`` that names
+the file or field at fault, show no traceback, and leave nothing new, changed or half-written where
+the command writes (the shared workspace is never touched). ``docs/errors.md`` is generated from
+the same table; when it is out of date, regenerate it with ``python tests/test_errors.py --write``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from error_setups import (
+    TASKS,
+    Case,
+    Env,
+    corrupt_results,
+    edit_adapter,
+    edit_stats,
+    eval_adapter,
+    existing,
+    file_in_the_way,
+    first_b,
+    flip_last_byte,
+    full_disk_on_safetensors,
+    full_disk_on_write_text,
+    merge,
+    nan_xtx,
+    no_payload,
+    pickle_adapter,
+    pickle_only_model,
+    previous_output,
+    rank_above_null_space,
+    read_only,
+    remote_code_model,
+    rename_value_to_key,
+    report_disk_full,
+    run_cfg,
+    shrink_dims,
+    shrink_lora_a,
+    tampered_merged,
+    then,
+    truncate,
+    with_adapter,
+    with_stats,
+)
+from osrm.cli import main
+from tiny_workspace import leftovers, make_workspace, tree
+
+DOC = Path(__file__).parents[1] / "docs" / "errors.md"
+WRITE_ENV = "OSRM_WRITE_ERRORS_DOC"
+MESSAGES: dict[str, str] = {}  # case id -> normalised stderr line, for the doc
+COMMANDS: dict[str, str] = {}  # case id -> normalised command line, for the doc
+
+
+CASES = [
+    # --- config: keys, names, values
+    Case("usage", "missing required options", lambda env: ["merge", env.adapter()],
+         "the following arguments are required: --method, --out"),
+    Case("config-missing", "config file does not exist",
+         lambda env: ["run", str(env.case / "missing.yaml")], "missing.yaml"),
+    Case("config-not-yaml", "config is not valid YAML",
+         lambda env: ["run", env.file("bad.yaml", "tasks: [a, b\n")], "bad.yaml: not valid YAML"),
+    Case("unknown-key", "unknown config key (typo)", run_cfg(None, None, "lora.rnak=4"),
+         "unknown key 'lora.rnak'"),
+    Case("unknown-task", "unknown registry task",
+         run_cfg({"tasks": ["nosuch", "trec"]}), "unknown task 'nosuch'"),
+    Case("unknown-init", "unknown LoRA init", run_cfg(None, None, "lora.inits=[osrn]"),
+         "field 'lora.inits.0'"),
+    Case("unknown-method", "unknown merge method",
+         run_cfg({"merge": {"methods": {"tie": None}}}), "merge.methods: unknown method 'tie'"),
+    Case("unknown-metric", "unknown metric in a task block",
+         run_cfg(None, {"metrics": ["acc"]}), "unknown metric 'acc'"),
+    Case("unknown-hyperparameter", "unknown merge hyperparameter",
+         merge("--method", "ties", "--hp", "densty=0.2"), "no hyperparameter 'densty'"),
+    Case("negative-density", "negative density in the merge grid",
+         run_cfg({"merge": {"methods": {"ties": {"density": -0.1}}}}),
+         "merge.methods.ties: density must be a number in (0, 1]"),
+    Case("density-above-one", "DARE keep rate above 1 (drop rate below 0)",
+         merge("--method", "dare_ties", "--density", "1.5"), "density must be a number in (0, 1]"),
+    Case("dropout-out-of-range", "LoRA dropout rate >= 1", run_cfg(None, None, "lora.dropout=1.5"),
+         "field 'lora.dropout'"),
+    Case("negative-lambda", "negative merge scale λ",
+         merge("--method", "task_arithmetic", "--scale", "-1"), "scale must be a finite number"),
+    Case("nan-lambda", "NaN merge scale λ", merge("--method", "task_arithmetic", "--scale", "nan"),
+         "scale must be a finite number"),
+    Case("negative-lr", "negative learning rate", run_cfg(None, None, "train.lr=-0.001"),
+         "field 'train.lr'"),
+    Case("weights-count", "one merge weight for three adapters",
+         merge("--method", "ties", "--weights", "1"), "--weights: expected 3 values"),
+    Case("regmean-without-stats", "regmean without statistics", merge("--method", "regmean"),
+         "--stats"),
+    Case("task-name-escapes", "task name that leaves the run directory",
+         run_cfg(None, {"name": "../../x"}), "tasks: name '../../x'"),
+    Case("changed-settings", "re-run of a run directory with other pinned settings",
+         lambda env: ["stats", str(env.config), "lora.rank=2"], "different 'lora' section"),
+    # --- models
+    Case("hub-model-offline", "hub model that is not installed, offline",
+         run_cfg({"model": {"name": "some-org/not-installed"}}), "HF_HUB_OFFLINE=1"),
+    Case("remote-code-model", "model that needs its own code (trust_remote_code off)",
+         remote_code_model, "model.trust_remote_code", allow=("run/config.yaml",),
+         check=no_payload),
+    Case("pickle-only-model", "model directory with only pytorch_model.bin (pickle)",
+         pickle_only_model, "model.name", allow=("run/config.yaml",)),
+    # --- data
+    Case("data-file-missing", "task file does not exist",
+         run_cfg(None, {"files": {"train": "nothere.csv"}}), "nothere.csv not found"),
+    Case("empty-dataset", "task file with a header and no rows",
+         lambda env: run_cfg(None, {"files": {"train": env.csv("text,label\n")}})(env),
+         "bad.csv is empty"),
+    Case("label-column-missing", "label column missing",
+         run_cfg(None, {"label_field": "stars"}), "has no column 'stars'"),
+    Case("unseen-label", "label value not among label_names",
+         lambda env: run_cfg(None, {"files": {"train": env.csv("text,label\nw4 w5,7\n")}})(env),
+         "column 'label' has value '7', expected one of ['0', '1']"),
+    Case("text-column-missing", "text column missing",
+         run_cfg(None, {"text_fields": ["review"]}), "has no column 'review'"),
+    # --- ranks
+    Case("rank-above-input-dim", "LoRA rank above the module's input dimension",
+         run_cfg(None, None, "lora.rank=33"), "lora.rank 33 exceeds the input dimension 32",
+         allow=("run/config.yaml",)),
+    Case("rank-above-null-space", "OSRM 'mean' rank above the other tasks' null space",
+         rank_above_null_space, "lora.rank 31, subspace mode 'mean'"),
+    # --- statistics files
+    Case("stats-truncated", "truncated statistics file", with_stats(truncate),
+         "low.safetensors: not a readable safetensors file"),
+    Case("stats-inf", "Inf in a statistics file", with_stats(edit_stats(tensors=nan_xtx)),
+         "holds NaN or Inf values"),
+    Case("stats-other-model", "statistics of another base model",
+         with_stats(edit_stats(meta=lambda m: m.update(base_model="other-org/other-model"))),
+         "statistics of base model 'other-org/other-model'"),
+    Case("stats-other-dims", "statistics with another input dimension",
+         with_stats(edit_stats(tensors=shrink_dims)), "low.safetensors: module"),
+    # --- adapters
+    Case("adapter-truncated", "truncated adapter weights", with_adapter(truncate),
+         "adapter_model.safetensors: not a readable safetensors file"),
+    Case("adapter-tampered", "adapter changed after osrm wrote it (manifest mismatch)",
+         with_adapter(lambda env, p: flip_last_byte(p / "adapter_model.safetensors")),
+         "does not match the sha256 in osrm_manifest.json"),
+    Case("adapter-nan", "NaN in adapter weights", with_adapter(edit_adapter(tensors=first_b)),
+         "holds NaN or Inf values"),
+    Case("adapter-other-model", "adapter of another base model",
+         with_adapter(edit_adapter(config=lambda c: c.update(base_model_name_or_path="x/y"))),
+         "adapter has 'x/y'; adapters must come from the same base model"),
+    Case("adapter-rank-mismatch", "adapter whose config rank disagrees with its tensors",
+         with_adapter(edit_adapter(config=lambda c: c.update(r=8))),
+         "lora_A has rank 4 but adapter_config (r / rank_pattern) says 8"),
+    Case("adapter-bad-alpha", "adapter with a non-numeric lora_alpha",
+         with_adapter(edit_adapter(config=lambda c: c.update(lora_alpha="sixteen"))),
+         "lora_alpha (or alpha_pattern) is 'sixteen'"),
+    Case("adapter-dora", "DoRA adapter (not plain LoRA)",
+         with_adapter(edit_adapter(config=lambda c: c.update(use_dora=True))),
+         "'use_dora' is set"),
+    Case("target-modules-without-stats", "regmean: adapter targets a module without statistics",
+         with_adapter(edit_adapter(tensors=rename_value_to_key), stats=True),
+         "no statistics for module"),
+    Case("adapter-pickle-only", "adapter with only adapter_model.bin (a pickle with a payload)",
+         pickle_adapter, "refusing adapter_model.bin", check=no_payload),
+    Case("adapter-unknown-target", "adapter whose target modules the base model lacks",
+         eval_adapter(edit_adapter(config=lambda c: c.update(target_modules=["nonexistent"]))),
+         "/adapter: peft cannot load this adapter onto the base model"),
+    Case("adapter-other-shapes", "adapter whose shapes do not fit the base model",
+         eval_adapter(edit_adapter(tensors=shrink_lora_a)),
+         "/adapter: peft cannot load this adapter onto the base model"),
+    Case("merged-tampered", "merged model changed after osrm wrote it", tampered_merged,
+         "does not match the sha256 in osrm_manifest.json"),
+    # --- outputs
+    Case("out-exists", "--out exists (without --force)",
+         then(existing("out", {"notes.txt": "mine\n"}), merge("--method", "ties")),
+         "--out"),
+    Case("out-not-ours", "--force on a folder osrm did not write",
+         then(existing("out", {"notes.txt": "mine\n"}), merge("--method", "ties", "--force")),
+         "is not an osrm merge output"),
+    Case("out-under-a-file", "--out below a regular file",
+         lambda env: merge("--method", "ties", out=str(file_in_the_way(env) / "out"))(env),
+         "file.txt is a file, not a directory"),
+    Case("out-read-only", "--out in a folder without write permission",
+         merge("--method", "ties"), "Permission denied", patch=read_only),
+    Case("run-dir-not-ours", "run_dir is a non-empty folder that is not an osrm run",
+         then(existing("run", {"thesis.tex": "\\begin{document}\n"}), run_cfg()),
+         "holds no osrm run"),
+    Case("disk-full-merge", "disk full while saving a merged adapter (the previous one stays)",
+         previous_output, "No space left on device", patch=full_disk_on_safetensors),
+    Case("disk-full-report", "disk full while writing results.md (the previous one stays)",
+         report_disk_full, "results.md: No space left on device", allow=("run/*.png",),
+         patch=full_disk_on_write_text),
+    Case("results-corrupt", "results.jsonl with a corrupt line", corrupt_results,
+         "results.jsonl:2: not a result line"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """Statistics and `osrm` adapters of the tiny tasks, and one merged LoRA output."""
+    ws = tmp_path_factory.mktemp("errors")
+    config = make_workspace(ws, inits=("osrm",))
+    assert main(["-q", "train", str(config)]) == 0
+    adapters = [str(ws / "run" / "adapters" / "osrm" / t) for t in TASKS]
+    args = ["-q", "merge", *adapters, "--method", "task_arithmetic", "--format", "lora"]
+    assert main([*args, "--out", str(ws / "merged")]) == 0
+    return ws
+
+
+def normalise(text: str, env: Env) -> str:
+    return text.replace(str(env.case), "CASE").replace(str(env.ws), "WS")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, workspace: Path, tmp_path: Path, capsys, monkeypatch):
+    env = Env(workspace, tmp_path)
+    argv = case.argv(env)
+    before_ws, before_case = tree(workspace), tree(tmp_path)
+    if case.patch is not None:
+        case.patch(monkeypatch, env)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse: usage errors
+        code = e.code
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("osrm: error: "), err
+    assert "Traceback" not in err
+    assert case.names in lines[0], lines[0]
+    assert tree(workspace) == before_ws, "the shared workspace changed"
+    after = tree(tmp_path)
+    changed = {p for p in after.keys() | before_case.keys() if after.get(p) != before_case.get(p)}
+    unexpected = [p for p in changed if not any(fnmatch.fnmatch(p, a) for a in case.allow)]
+    assert not unexpected, f"files created or changed: {sorted(unexpected)}"
+    assert not leftovers(tmp_path) and not leftovers(workspace)
+    if case.check is not None:
+        case.check(env)
+    MESSAGES[case.id] = normalise(lines[0], env)
+    COMMANDS[case.id] = "osrm " + " ".join(normalise(a, env) for a in argv)
+
+
+def test_debug_shows_the_traceback(workspace: Path, tmp_path: Path, capsys):
+    env = Env(workspace, tmp_path)
+    with pytest.raises(ValueError, match="unknown key 'lora.rnak'"):
+        main(["--debug", *run_cfg(None, None, "lora.rnak=4")(env)])
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("`", "'")
+
+
+def render() -> str:
+    rows = [
+        f"| {i} | {_cell(c.what)} | `{_cell(COMMANDS[c.id])}` | `{_cell(MESSAGES[c.id])}` |"
+        for i, c in enumerate(CASES, 1)
+    ]
+    return "\n".join([
+        "# Bad input: what osrm says",
+        "",
+        "Generated by `tests/test_errors.py`, which runs every case through the real command line",
+        "and checks: exit status 2, exactly one line on stderr naming the file or field at fault,",
+        "no traceback (`osrm --debug ...` shows it), and nothing created, changed or left",
+        "half-written where the command writes. Regenerate after changing a message:",
+        "`python tests/test_errors.py --write`.",
+        "",
+        "`CASE` is the folder holding the bad input, `WS` a workspace with a tiny trained run.",
+        "",
+        "| # | bad input | command | stderr |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ])  # fmt: skip
+
+
+def test_catalogue_doc_is_current():
+    if len(MESSAGES) != len(CASES):
+        pytest.skip("docs/errors.md is checked when the whole catalogue runs")
+    assert len(CASES) >= 25
+    text = render()
+    if os.environ.get(WRITE_ENV):
+        DOC.write_text(text)
+    assert DOC.is_file() and DOC.read_text() == text, (
+        "docs/errors.md is out of date: python tests/test_errors.py --write"
+    )
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write"]:
+        sys.exit("usage: python tests/test_errors.py --write  (regenerates docs/errors.md)")
+    os.environ[WRITE_ENV] = "1"
+    sys.exit(pytest.main([__file__, "-q", "-p", "no:cacheprovider"]))
