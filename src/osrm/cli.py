@@ -1,7 +1,8 @@
 """Command line: argument parsing only; the work happens in :mod:`osrm.pipeline` and the stages.
 
-User mistakes (:class:`osrm.errors.OsrmError`) print one line on stderr and exit with status 2;
-``--debug`` shows the traceback instead.
+User mistakes (:class:`osrm.errors.OsrmError`) and failed file operations (``OSError``: a full
+disk, a missing or read-only path) print one line on stderr and exit with status 2; ``--debug``
+shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from osrm import __version__
 from osrm.errors import OsrmError
@@ -162,8 +164,15 @@ COMMAND_FUNCS: dict[str, tuple[Callable, Callable]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line, like every other input error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"osrm: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="osrm", description="Merge-ready LoRA fine-tuning with OSRM orthogonal subspaces."
     )
     parser.add_argument("--version", action="version", version=f"osrm {__version__}")
@@ -197,7 +206,18 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def error_line(err: BaseException) -> str:
+    """The one stderr line for a user or file-system error (whitespace runs collapsed)."""
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename is not None else ""
+        text = f"{where}{err.strerror or err}"
+    else:
+        text = str(err)
+    return "osrm: error: " + " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0, 2 for input errors, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -205,16 +225,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     quiet_libraries()
+    clean = False
     try:
-        return args.func(args)
-    except OsrmError as e:
+        code = args.func(args)
+        clean = True
+        return code
+    except (OsrmError, OSError) as e:
         if args.debug:
             raise
-        print(f"osrm: error: {e}", file=sys.stderr)
+        print(error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("osrm: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _end_process_group(clean)
+
+
+def _end_process_group(clean: bool) -> None:
+    """Under a launcher, close the process group before exit (see osrm.distributed.shutdown)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        from osrm.distributed import shutdown
+
+        shutdown(clean)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from osrm import distributed
 from osrm.data import batches, encode
 from osrm.errors import OsrmError
 from osrm.metrics import compute_metrics
@@ -80,8 +81,11 @@ def evaluate(
         data = load_task(spec, split, seed=seed, max_examples=max_examples)
     if len(data) == 0:
         raise OsrmError(f"task {spec.name!r}: split {split!r} is empty")
-    encoded = encode(data, tokenizer, max_length)
+    # each process scores its shard (all of it alone); predictions are gathered before metrics
+    encoded = encode(distributed.shard(data), tokenizer, max_length)
     # grouping by length wastes little compute on padding; the order does not change metrics
     loader = batches(encoded, tokenizer, batch_size, group_by_length=True)
-    preds, labels = predict(model, loader, regression=spec.is_regression, progress=progress)
+    show = progress and distributed.is_main()
+    preds, labels = predict(model, loader, regression=spec.is_regression, progress=show)
+    preds, labels = distributed.gather_arrays(preds, labels)
     return compute_metrics(spec.metrics, preds, labels)

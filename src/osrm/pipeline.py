@@ -8,14 +8,18 @@ Library modules take in-memory objects; only the stages (and the CLI) touch path
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 import yaml
 
-from osrm import __version__
+from osrm import __version__, distributed
+from osrm.adapters import RUN_ADAPTER_FILES
 from osrm.config import ExperimentConfig, dump_config, load_config
 from osrm.errors import OsrmError
+from osrm.manifest import verify_dir
+from osrm.models import resolve_model
 from osrm.report import markdown_table, table_columns
 from osrm.stages.common import (
     TaskStats,
@@ -27,11 +31,17 @@ from osrm.stages.common import (
     write_json,
     write_text,
 )
-from osrm.stages.evaluation import eval_stage, interference_stage, summarise_interference
+from osrm.stages.evaluation import (
+    eval_stage,
+    interference_stage,
+    merge_grid,
+    summarise_interference,
+)
 from osrm.stages.reporting import report_stage
 from osrm.stages.statistics import stats_stage, subspace_stage, subspace_table
 from osrm.stages.training import INIT_MODES, adapter_stage, train_task
-from osrm.stats import StatsMeta
+from osrm.stats import StatsMeta, find_target_modules, input_dim
+from osrm.tasks import get_task, load_task
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -48,12 +58,17 @@ __all__ = [
 def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Load and validate the config, create the run directory and record the resolved config.
 
+    Everything that can be checked without the model's weights is checked before anything is
+    written: the run directory, the model name, every task's data, the merge grid.
+
     Raises:
-        OsrmError: the run directory holds a run made with different settings.
+        OsrmError: a bad config, model, task or merge setting, or a run directory that holds a
+            run made with different settings or something that is not an osrm run.
     """
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.run_dir)
     recorded = run_dir / "config.yaml"
+    check_run_dir(run_dir)
     if recorded.is_file():
         old = yaml.safe_load(recorded.read_text()) or {}
         new = cfg.model_dump(mode="json")
@@ -63,16 +78,70 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
                 f"{run_dir} holds a run made with a different '{changed[0]}' section; use another "
                 "run_dir or delete it (only the merge section may change between runs)"
             )
+    for entry in cfg.tasks:
+        if isinstance(entry, str):
+            try:
+                get_task(entry)
+            except OsrmError as e:
+                raise OsrmError(f"{config}: tasks: {e}") from None
+    resolve_model(cfg.model.name)
+    for task in cfg.task_names:  # cached: the stages reuse what is loaded here
+        load_task(task_spec(cfg, task), "train", seed=cfg.seed)
+    merge_grid(cfg)
+    distributed.barrier()  # every process compared against the old config.yaml
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(recorded, dump_config(cfg))
+    write_text(recorded, dump_config(cfg))  # the main process writes it
+    distributed.barrier()
     torch.manual_seed(cfg.seed)
     return cfg
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """A run directory is new, empty, or one of ours (it has ``config.yaml``).
+
+    Hidden entries do not count: they are temporary files of an atomic write (``config.yaml``
+    being written by another process of the same launch, or left by a killed run).
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise OsrmError(f"run_dir {run_dir}: exists and is not a directory")
+    visible = run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir())
+    if visible and not (run_dir / "config.yaml").is_file():
+        raise OsrmError(
+            f"run_dir {run_dir}: exists, is not empty and holds no osrm run (no config.yaml); "
+            "choose a new or empty directory"
+        )
+
+
+def check_rank(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
+    """LoRA's rank cannot exceed a target module's input dimension (OSRM's bases are r of d)."""
+    for name, module in find_target_modules(model, cfg.lora.target_modules).items():
+        if cfg.lora.rank > input_dim(module):
+            raise OsrmError(
+                f"lora.rank {cfg.lora.rank} exceeds the input dimension {input_dim(module)} "
+                f"of target module {name}"
+            )
+
+
+def discard_unverified_adapters(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Remove adapter folders whose manifest does not verify, so the training stage redoes them.
+
+    The stage itself trusts a folder whose ``training.json`` matches; this makes sure a folder
+    with a missing, altered or truncated file never gets that far.
+    """
+    for init in cfg.lora.inits:
+        for task in cfg.task_names:
+            path = run_dir / "adapters" / init / task
+            problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
+            if problem:
+                log.warning("adapter %s/%s: %s; training it again", init, task, problem)
+                shutil.rmtree(path)
 
 
 def statistics(cfg: ExperimentConfig) -> tuple[TaskStats, dict[str, StatsMeta], str]:
     """Statistics of every task, and the subspace diagnostics of ``subspace.modes`` (a table)."""
     run_dir = Path(cfg.run_dir)
     model, tokenizer = load_base(cfg)
+    check_rank(cfg, model)
     stats, metas = stats_stage(cfg, run_dir, model, tokenizer)
     summary = subspace_stage(cfg, stats, metas)
     write_json(run_dir / "subspace_report.json", {"osrm_version": __version__, "modes": summary})
@@ -93,6 +162,9 @@ def run(
     out: dict = {"cfg": cfg, "run_dir": run_dir, "subspace_table": table}
     if until == "stats":
         return out
+    if distributed.is_main():  # one process removes; the others wait for it
+        discard_unverified_adapters(cfg, run_dir)
+    distributed.barrier()
     adapters = adapter_stage(cfg, run_dir, stats, metas)
     out["adapters"] = adapters
     if until == "train":
@@ -104,7 +176,9 @@ def run(
     out.update(results=results, interference=matrices)
     if until == "eval":
         return out
-    out["report"] = report_stage(cfg, run_dir, results, matrices)
+    if distributed.is_main():  # the report is files only: one process writes it
+        out["report"] = report_stage(cfg, run_dir, results, matrices)
+    distributed.barrier()
     return out
 
 

@@ -9,6 +9,7 @@ ends with the same weights as an uninterrupted one (on the CPU, bit for bit).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -18,10 +19,13 @@ from itertools import islice
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from osrm import distributed
 from osrm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from osrm.config import TrainSection
 from osrm.errors import OsrmError
@@ -54,6 +58,25 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _forward_backward(
+    acc: Accelerator, model: nn.Module, batch: dict, accum: int, sync: bool
+) -> float:
+    """One micro-batch; gradients are all-reduced only on the last micro-batch of a step."""
+    with contextlib.nullcontext() if sync else acc.no_sync(model), acc.autocast():
+        loss = model(**batch).loss / accum
+        acc.backward(loss)
+    return float(loss.detach())
+
+
+def _checkpoint_dir(acc: Accelerator, checkpoint_dir: str | Path | None) -> Path | None:
+    if checkpoint_dir is not None and acc.distributed_type == DistributedType.FSDP:
+        # FSDP shards parameters and optimizer state; osrm's single-file checkpoints hold full
+        # tensors, so an FSDP run does not checkpoint (it restarts if interrupted).
+        log.warning("checkpoints are off under FSDP: an interrupted run starts over")
+        return None
+    return Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+
 def train(
     model: nn.Module,
     epoch_batches: EpochBatches,
@@ -81,52 +104,53 @@ def train(
         The loss history and counters.
     """
     device = next(model.parameters()).device
-    params = trainable(model)
-    optimizer = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    warmup = math.ceil(cfg.warmup_ratio * cfg.steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, cfg.steps)
+    acc = distributed.accelerator("bf16" if use_bf16(cfg, device) else "no")
+    distributed.check_divisible(cfg.batch_size // cfg.grad_accum)
+    wrapped = acc.prepare(model)  # DDP / FSDP / DeepSpeed per the launch config; as is alone
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, math.ceil(cfg.warmup_ratio * cfg.steps), cfg.steps
+    )
     state = Checkpoint(step=0, epoch=0, offset=0, losses=[], tokens=0, fingerprint=fingerprint)
-    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    ckpt = _checkpoint_dir(acc, checkpoint_dir)
     if ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, scheduler, fingerprint) or state
-    resumed_from = state.step
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16(cfg, device))
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress)
-    model.train()
-    start, tokens0 = time.perf_counter(), state.tokens
+    resumed_from, start, tokens0 = state.step, time.perf_counter(), state.tokens
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
+               disable=not (progress and distributed.is_main()))  # fmt: skip
+    wrapped.train()
     micro, pending = 0, 0.0
     optimizer.zero_grad(set_to_none=True)
     while state.step < cfg.steps:
         position = state.offset
         for batch in islice(epoch_batches(state.epoch), state.offset, None):
             position += 1
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast:
-                loss = model(**batch).loss / cfg.grad_accum
-            loss.backward()
-            pending += float(loss.detach())
-            state.tokens += int(batch["attention_mask"].sum())
+            local = distributed.local_slice(batch)
+            if local is None:  # fewer rows than processes: skipped by every process alike
+                continue
+            local = {k: v.to(acc.device) for k, v in local.items()}
+            sync = (micro + 1) % cfg.grad_accum == 0
+            pending += _forward_backward(acc, wrapped, local, cfg.grad_accum, sync)
+            state.tokens += int(distributed.all_sum(float(local["attention_mask"].sum())))
             micro += 1
-            if micro % cfg.grad_accum:
+            if not sync:
                 continue
             if cfg.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
+                acc.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.losses.append(pending)
-            state.offset = position
-            if on_step is not None:
-                on_step(state.step, pending)
+            state.step, state.offset = state.step + 1, position
+            state.losses.append(distributed.all_sum(pending) / distributed.world_size())
             pending = 0.0
-            elapsed = time.perf_counter() - start
+            if on_step is not None:
+                on_step(state.step, state.losses[-1])
             bar.update(1)
-            bar.set_postfix(
-                loss=f"{state.losses[-1]:.4f}", tok_s=f"{(state.tokens - tokens0) / elapsed:.0f}"
-            )
+            rate = (state.tokens - tokens0) / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{state.losses[-1]:.4f}", tok_s=f"{rate:.0f}")
             due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
-            if ckpt is not None and due and state.step < cfg.steps:
+            if ckpt is not None and due and state.step < cfg.steps and distributed.is_main():
                 save_checkpoint(ckpt, model, optimizer, scheduler, state)
             if state.step >= cfg.steps:
                 break
@@ -135,6 +159,6 @@ def train(
             if position == 0:
                 raise OsrmError("training data is empty: epoch_batches returned no batches")
     bar.close()
-    model.eval()
+    wrapped.eval()
     seconds = time.perf_counter() - start
     return TrainResult(state.losses, state.step, seconds, state.tokens, resumed_from)

@@ -8,10 +8,12 @@ import logging
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from osrm import distributed
+from osrm.adapters import load_adapter
 from osrm.atomic import atomic_file
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
@@ -38,8 +40,10 @@ def task_spec(cfg: ExperimentConfig, name: str) -> TaskSpec:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    """``auto`` -> this process's CUDA device when there is one (launchers: one per process)."""
     if name == "auto":
+        if distributed.world_size() > 1:
+            return distributed.state().device
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise OsrmError(f"model.device {name!r}: no CUDA device is available")
@@ -50,13 +54,15 @@ def load_base(
     cfg: ExperimentConfig, num_labels: int = 2
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The frozen base model on its device, and the tokenizer."""
+    device = resolve_device(cfg.model.device)
     model, tokenizer = load_model(
         cfg.model.name,
         num_labels,
         dtype=getattr(torch, cfg.model.dtype),
         trust_remote_code=cfg.model.trust_remote_code,
+        device=device,
     )
-    return model.to(resolve_device(cfg.model.device)).eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 def lora_config(cfg: ExperimentConfig) -> LoraConfig:
@@ -83,7 +89,7 @@ def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
 def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, task: str):
     """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
     model, tokenizer = load_base(cfg, task_spec(cfg, task).num_labels)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).eval(), tokenizer
+    return load_adapter(model, adapter_dir).eval(), tokenizer
 
 
 def eval_task(cfg: ExperimentConfig, model: nn.Module, tokenizer, task: str) -> dict[str, float]:
@@ -102,13 +108,13 @@ def eval_task(cfg: ExperimentConfig, model: nn.Module, tokenizer, task: str) -> 
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Text artifact, written atomically."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text)
+    """Text artifact, written atomically (by the main process only)."""
+    if distributed.is_main():
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
     return path
 
 
 def write_json(path: Path, data: object) -> None:
-    """JSON artifact, written atomically."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+    """JSON artifact, written atomically (by the main process only)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")

@@ -17,23 +17,26 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from osrm import distributed
 from osrm.atomic import atomic_dir
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import interference_matrix
 from osrm.errors import OsrmError
 from osrm.heads import adapter_head, use_head
+from osrm.manifest import seal_dir
 from osrm.merging import (
     METHODS,
     RANDOM_METHODS,
     apply_deltas,
-    check_hyperparameters,
     gram_lookup,
     load_adapters,
     merge_deltas,
     save_heads,
+    validate_hyperparameters,
 )
 from osrm.merging.manifest import build_manifest, hp_record, write_manifest
 from osrm.report import Result, append_results, hp_string, read_results
+from osrm.safety import check_name, ensure_inside
 from osrm.stages.common import TaskStats, eval_task, load_adapter_model, load_base, task_spec
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,8 @@ RESULTS_FILE = "results.jsonl"
 def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
     """Every (method, hyperparameters) setting: the product of each method's value lists.
 
-    Random methods get ``seed = cfg.seed`` unless the config sets one.
+    Random methods get ``seed = cfg.seed`` unless the config sets one. Names and values are
+    checked here, so a typo fails before any training rather than after it.
     """
     grid = []
     for method, space in cfg.merge.methods.items():
@@ -57,11 +61,17 @@ def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
         for combo in itertools.product(*values):
             hp = dict(zip(keys, combo, strict=True))
             try:
-                check_hyperparameters(method, hp)
+                validate_hyperparameters(method, hp, cfg.merge.weights)
             except OsrmError as e:
                 raise OsrmError(f"merge.methods.{method}: {e}") from None
             grid.append((method, hp))
     return grid
+
+
+def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
+    """``merged/<init>/<method>/<hyperparameters>``: one folder name each, inside ``run_dir``."""
+    name = check_name(hp_string(hp) or "default", f"merge.methods.{method} (as a folder name)")
+    return ensure_inside(run_dir, run_dir / "merged" / init / method / name, "merge.save")
 
 
 @contextmanager
@@ -86,7 +96,7 @@ def save_merged(
     method: str,
     hp: Mapping[str, Any],
 ) -> None:
-    """``merge.save``: the merged dense backbone with every task's head and a manifest."""
+    """``merge.save``: the merged dense backbone with every task's head and manifests."""
     sources = load_adapters(dirs)
     manifest = build_manifest(
         output="dense", method=method, weights=cfg.merge.weights,
@@ -96,6 +106,31 @@ def save_merged(
         backbone.save_pretrained(str(tmp), safe_serialization=True)
         manifest["heads"] = save_heads(tmp, sources, cfg.task_names)
         write_manifest(tmp, manifest)
+        seal_dir(tmp)
+
+
+def merge_split(
+    sources: Sequence[Mapping[str, Tensor]],
+    method: str,
+    weights: Sequence[float] | None,
+    grams,
+    hp: Mapping[str, Any],
+) -> dict[str, Tensor]:
+    """Merged ΔW of every module; under a launcher the modules are split across processes."""
+    if distributed.world_size() == 1:
+        return merge_deltas(sources, method, weights, grams=grams, **hp)
+    names = sorted(set().union(*sources))
+
+    def one(name: str) -> Tensor:  # random methods seed per module name: the split is invisible
+        views = [{name: s[name]} if name in s else {} for s in sources]
+        return merge_deltas(views, method, weights, grams=grams, **hp)[name]
+
+    return dict(distributed.split_merge(names, one, distributed.state().device))
+
+
+def _append(path: Path, result: Result) -> None:
+    if distributed.is_main():  # every process computed the same score; one writes it
+        append_results(path, [result])
 
 
 def _score(cfg: ExperimentConfig, model: nn.Module, tok, task: str, **key: str) -> Result:
@@ -124,10 +159,10 @@ def eval_stage(
         for task, adapter_dir in zip(tasks, dirs, strict=True):
             if ((init, "individual", "", ""), task) not in done:
                 model, _ = load_adapter_model(cfg, adapter_dir, task)
-                append_results(path, [_score(cfg, model, tok, task, init=init, kind="individual")])
+                _append(path, _score(cfg, model, tok, task, init=init, kind="individual"))
             if ((init, "base", "", ""), task) not in done:
                 with use_head(backbone, heads[task]) as model:
-                    append_results(path, [_score(cfg, model, tok, task, init=init, kind="base")])
+                    _append(path, _score(cfg, model, tok, task, init=init, kind="base"))
         sources = load_adapters(dirs)
         grams = None
         for method, hp in grid:
@@ -138,17 +173,18 @@ def eval_stage(
             if method == "regmean" and grams is None:
                 grams = gram_lookup([stats_paths[t] for t in tasks], sources)
             log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
-            merged = merge_deltas(sources, method, cfg.merge.weights,
-                                  grams=grams if method == "regmean" else None, **hp)  # fmt: skip
-            if cfg.merge.save:
-                save_merged(cfg, run_dir / "merged" / init / method / (hp_string(hp) or "default"),
-                            backbone, merged, dirs, method, hp)  # fmt: skip
+            merged = merge_split(sources, method, cfg.merge.weights,
+                                 grams if method == "regmean" else None, hp)  # fmt: skip
+            if cfg.merge.save and distributed.is_main():
+                save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, dirs,
+                            method, hp)  # fmt: skip
             with merged_into(backbone, merged):
                 for task in todo:
                     with use_head(backbone, heads[task]) as model:
                         result = _score(cfg, model, tok, task, init=init, kind="merged",
                                         method=method, hp=hp_string(hp))  # fmt: skip
-                    append_results(path, [result])
+                    _append(path, result)
+    distributed.barrier()
     return read_results(path)
 
 

@@ -6,12 +6,16 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from osrm import distributed
 from osrm.config import ExperimentConfig
 from osrm.data import batches, encode
 from osrm.diagnostics import subspace_report, summarise_report
+from osrm.errors import OsrmError
+from osrm.manifest import seal_files, verify_file
 from osrm.report import markdown_table
 from osrm.stages.common import TaskStats, task_spec
 from osrm.stats import (
@@ -31,7 +35,11 @@ log = logging.getLogger(__name__)
 def stats_stage(
     cfg: ExperimentConfig, run_dir: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[TaskStats, dict[str, StatsMeta]]:
-    """Statistics of every task: reuse ``stats/<task>.safetensors`` if it matches, else collect."""
+    """Statistics of every task: reuse ``stats/<task>.safetensors`` if it matches, else collect.
+
+    A file is reused only if ``stats/osrm_manifest.json`` lists it with its sha256 (a file
+    written by an interrupted run, or altered since, is collected again).
+    """
     names = find_target_modules(model, cfg.lora.target_modules)
     fingerprint = weight_fingerprint(model, names)
     stats_by_task, metas = {}, {}
@@ -44,18 +52,27 @@ def stats_stage(
             base_model=cfg.model.name, fingerprint=fingerprint, task=task,
             n_examples=len(data), n_tokens=-1, max_length=cfg.stats.max_length, mask=cfg.stats.mask,
         )  # fmt: skip
-        if path.is_file():
-            stats, meta = load_stats(path)
+        problem = verify_file(path) if path.is_file() else None
+        if path.is_file() and problem is None:
+            stats, meta = load_stats(path, check_manifest=False)
             if _same_inputs(meta, expected) and set(stats) == set(names):
                 log.info("statistics for %s: reusing %s", task, path)
                 stats_by_task[task], metas[task] = stats, meta
                 continue
             log.info("statistics for %s: %s is stale, recomputing", task, path)
-        enc = encode(data, tokenizer, cfg.stats.max_length)
-        loader = batches(enc, tokenizer, cfg.stats.batch_size)
-        stats = collect_stats(model, loader, cfg.lora.target_modules, mask=cfg.stats.mask)
+        elif problem is not None:
+            log.warning("statistics for %s: %s; recomputing", task, problem)
+        local = batches(encode(distributed.shard(data), tokenizer, cfg.stats.max_length),
+                        tokenizer, cfg.stats.batch_size)  # fmt: skip
+        stats = collect_stats(model, local, cfg.lora.target_modules, mask=cfg.stats.mask,
+                              dtype=getattr(torch, cfg.stats.dtype))  # fmt: skip
+        device = next(model.parameters()).device
+        stats = distributed.all_reduce_stats(stats, device)  # every process: all examples
         meta = StatsMeta(**{**asdict(expected), "n_tokens": next(iter(stats.values())).count})
-        save_stats(path, stats, meta)
+        if distributed.is_main():
+            save_stats(path, stats, meta)
+            seal_files([path])
+        distributed.barrier()
         stats_by_task[task], metas[task] = stats, meta
     return stats_by_task, metas
 
@@ -72,21 +89,24 @@ def subspace_stage(
     sub = cfg.subspace
     out = {}
     for mode in sub.modes:
-        bases = {
-            task: osrm_bases(
-                stats_by_task,
-                task,
-                cfg.lora.rank,
-                mode,
-                weighting=sub.weighting,
-                center=sub.center,
-                basis=sub.basis,
-                ridge=sub.ridge,
-                seed=cfg.seed,
-                metas=metas,
-            )  # fmt: skip
-            for task in cfg.task_names
-        }
+        try:
+            bases = {
+                task: osrm_bases(
+                    stats_by_task,
+                    task,
+                    cfg.lora.rank,
+                    mode,
+                    weighting=sub.weighting,
+                    center=sub.center,
+                    basis=sub.basis,
+                    ridge=sub.ridge,
+                    seed=cfg.seed,
+                    metas=metas,
+                )
+                for task in cfg.task_names
+            }
+        except OsrmError as e:  # name the config fields that led here
+            raise OsrmError(f"lora.rank {cfg.lora.rank}, subspace mode {mode!r}: {e}") from None
         energies, overlaps = subspace_report(
             stats_by_task, bases, weighting=sub.weighting, center=sub.center, seed=cfg.seed
         )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -10,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from osrm import __version__
-from osrm.adapters import RECORD_FILE, Provenance, attach_lora, save_adapter
+from osrm import __version__, distributed
+from osrm.adapters import Provenance, attach_lora, finished_adapter, save_adapter
 from osrm.config import ExperimentConfig
 from osrm.data import batches, encode
 from osrm.stages.common import TaskStats, load_base, lora_config, run_fingerprint, task_spec
@@ -73,7 +72,8 @@ def adapter_stage(
 ) -> dict[tuple[str, str], Path]:
     """Train every (init, task) adapter into ``adapters/<init>/<task>``, skipping finished ones.
 
-    An adapter directory counts as finished when its training record matches this config.
+    An adapter directory counts as finished when its manifest verifies and its training
+    record matches this config.
     """
     out = {}
     digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
@@ -81,9 +81,8 @@ def adapter_stage(
         for task in cfg.task_names:
             path = run_dir / "adapters" / init / task
             prov = provenance(cfg, init, task, digests, metas)
-            record = path / RECORD_FILE
             expected = run_fingerprint(cfg, task, init, prov)
-            if record.is_file() and json.loads(record.read_text()).get("fingerprint") == expected:
+            if finished_adapter(path, expected):
                 log.info("adapter %s/%s: reusing %s", init, task, path)
             else:
                 log.info("adapter %s/%s: training", init, task)
@@ -138,6 +137,8 @@ def train_task(
         "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
         "fingerprint": fingerprint, "osrm_version": __version__,
     }  # fmt: skip
-    save_adapter(peft_model, out_dir, provenance, record)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    if distributed.is_main():  # every process trained the same weights; one writes them
+        save_adapter(peft_model, out_dir, provenance, record)
+        shutil.rmtree(ckpt, ignore_errors=True)
+    distributed.barrier()
     return record
