@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export OSRM_ASSET_CACHE ?= $(HOME)/.cache/osrm/assets
 
-.PHONY: install assets test demo lint format bench clean
+.PHONY: install assets test demo lint format bench bench-quick clean
 
 install: $(STAMP) assets
 
@@ -42,6 +42,13 @@ test: install
 
 demo: install
 	$(VENV)/bin/osrm demo
+
+# Every benchmark in bench/ (about 2 hours on 2 CPU cores), then docs/RESULTS.md from the JSON.
+bench: install
+	$(PY) bench/all.py
+
+bench-quick: install
+	$(PY) bench/all.py --quick
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench

@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
@@ -134,3 +135,35 @@ def test_report_command_rebuilds(tiny_run, capsys):
     config, run_dir = tiny_run
     assert main(["report", str(run_dir)]) == 2
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr(tiny_run):
+    from safetensors.torch import load_file
+
+    config, run_dir = tiny_run
+    cfg = yaml.safe_load(config.read_text())
+    cfg["lora"]["inits"] = ["contrast", "contrast_frozen"]
+    cfg["train"]["frozen_a_lr"] = 5e-2
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(config)]) == 0
+    task = cfg["tasks"][0]["name"] if isinstance(cfg["tasks"][0], dict) else cfg["tasks"][0]
+    weights, records, provs = {}, {}, {}
+    for init in ("contrast", "contrast_frozen"):
+        path = run_dir / "adapters" / init / task
+        weights[init] = load_file(path / "adapter_model.safetensors")
+        records[init] = json.loads((path / "training.json").read_text())
+        provs[init] = json.loads((path / "osrm_provenance.json").read_text())
+    assert records["contrast"]["train"]["lr"] == pytest.approx(1e-2)
+    assert records["contrast_frozen"]["train"]["lr"] == pytest.approx(5e-2)
+    assert provs["contrast_frozen"]["freeze_a"] and not provs["contrast"]["freeze_a"]
+    a_keys = [k for k in weights["contrast"] if "lora_A" in k]
+    b_keys = [k for k in weights["contrast"] if "lora_B" in k]
+    assert a_keys and b_keys
+    # Both start from the same contrast bases: the trained A moved, the frozen one did not,
+    # so the frozen A has orthonormal rows (the bases) and the trained one has drifted.
+    for key in a_keys:
+        frozen = weights["contrast_frozen"][key].double()
+        gram = frozen @ frozen.T
+        assert (gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max() < 1e-5
+        assert not torch.allclose(weights["contrast"][key], weights["contrast_frozen"][key])
+    assert all(weights["contrast_frozen"][k].abs().max() > 0 for k in b_keys)

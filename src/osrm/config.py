@@ -40,10 +40,11 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
-    inits: list[Literal["lora", "osrm", "osrm_mean", "contrast"]] = Field(
+    inits: list[Literal["lora", "osrm", "osrm_mean", "contrast", "contrast_frozen"]] = Field(
         default_factory=lambda: ["lora", "osrm"],
         min_length=1,
-        description="lora: peft default; osrm: paper (cov); osrm_mean: reference; contrast: ours",
+        description="lora: peft default; osrm: paper (cov); osrm_mean: reference; contrast: ours;"
+        " contrast_frozen: contrast with A frozen (only B trains)",
     )
 
 
@@ -81,7 +82,10 @@ class TrainSection(Section):
     max_length: int = Field(128, ge=2)
     max_train_examples: int | None = Field(None, ge=1)
     group_by_length: bool = False
-    freeze_a: bool = False
+    freeze_a: bool = Field(False, description="freeze A for every init (only B trains)")
+    frozen_a_lr: float | None = Field(
+        None, gt=0, le=1, description="lr of adapters whose A is frozen; null = lr"
+    )
     checkpoint_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = never")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPU"

@@ -83,9 +83,6 @@ def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-# init name -> OSRM subspace mode (None: peft's default LoRA init)
-
-
 def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, task: str):
     """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
     model, tokenizer = load_base(cfg, task_spec(cfg, task).num_labels)

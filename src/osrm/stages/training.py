@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 
 
 # init name -> OSRM subspace mode (None: peft's default LoRA init)
-INIT_MODES = {"lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast"}
+INIT_MODES = {
+    "lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast",
+    "contrast_frozen": "contrast",
+}  # fmt: skip
+# inits that keep A at its initial subspace whatever train.freeze_a says
+FROZEN_A_INITS = frozenset({"contrast_frozen"})
 
 
 def subspace_options(cfg: ExperimentConfig) -> dict:
@@ -53,7 +58,7 @@ def provenance(
         task=task, init=init, rank=cfg.lora.rank, mode=mode,
         options=subspace_options(cfg) if mode else {}, stats_digests=digests if mode else {},
         base_fingerprint=metas[task].fingerprint if task in metas else None,
-        freeze_a=cfg.train.freeze_a,
+        freeze_a=cfg.train.freeze_a or init in FROZEN_A_INITS,
     )  # fmt: skip
 
 
@@ -111,7 +116,8 @@ def train_task(
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg, spec.num_labels)
     init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
-    peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=cfg.train.freeze_a)
+    freeze_a = provenance.freeze_a if provenance else cfg.train.freeze_a
+    peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=freeze_a)
     data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.train.max_train_examples)
     encoded = encode(data, tokenizer, cfg.train.max_length)
     micro = cfg.train.batch_size // cfg.train.grad_accum
@@ -125,6 +131,8 @@ def train_task(
     ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
     fingerprint = run_fingerprint(cfg, task, init, provenance)
     train_cfg = cfg.train
+    if freeze_a and train_cfg.frozen_a_lr is not None:  # B alone needs a larger step to keep up
+        train_cfg = train_cfg.model_copy(update={"lr": train_cfg.frozen_a_lr})
     if train_cfg.epochs is not None:  # the paper trains for epochs: steps follow the task size
         steps = math.ceil(train_cfg.epochs * len(data) / train_cfg.batch_size)
         train_cfg = train_cfg.model_copy(update={"steps": steps})
@@ -132,7 +140,7 @@ def train_task(
                    fingerprint=fingerprint, progress=progress)  # fmt: skip
     record = {
         "task": task, "init": init, "seed": cfg.seed, "model": cfg.model.name,
-        "train": cfg.train.model_dump(), "lora": cfg.lora.model_dump(),
+        "train": train_cfg.model_dump(), "lora": cfg.lora.model_dump(),
         "train_examples": len(data), "steps": result.steps, "seconds": result.seconds,
         "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
         "fingerprint": fingerprint, "osrm_version": __version__,

@@ -1,0 +1,121 @@
+"""Run every benchmark in bench/, stamp each with its command, versions and wall time, then write
+docs/RESULTS.md from the raw JSON (`bench/report.py`). This is what `make bench` runs.
+
+    python bench/all.py             # the full suite (about 2 hours on 2 CPU cores)
+    python bench/all.py --quick     # quality --quick, small single-task run (about 30 minutes)
+    python bench/all.py --only merge_speed,dist_stats   # a subset; other results are kept
+
+Each benchmark runs in its own process (so timings do not share a warm cache or thread pool)
+and writes `bench/results/<name>.json`; `bench/results/index.json` records how each was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).parents[1]
+RESULTS = REPO / "bench" / "results"
+PACKAGES = ("osrm", "torch", "transformers", "peft", "accelerate", "safetensors", "scikit-learn")
+SINGLE_TASK_LIMITS = ["--steps", "100", "--lr", "3e-3", "--eval-examples", "300"]
+QUICK_SINGLE_TASK = ["--steps", "60", "--lr", "3e-3", "--eval-examples", "200",
+                     "--tasks", "rotten_tomatoes,trec,sms_spam"]  # fmt: skip
+
+# name -> (script, arguments); the order is the order they run in (fast ones first)
+SUITE = {
+    "stats_overhead": ("stats_overhead.py", []),
+    "train_speed": ("train_speed.py", []),
+    "merge_speed": ("merge_speed.py", []),
+    "dist_stats": ("dist_stats.py", []),
+    "single_task": ("single_task.py", SINGLE_TASK_LIMITS),
+    "quality": ("quality.py", []),
+    "decoder": ("decoder.py", []),
+}
+
+
+def environment() -> dict:
+    """Package versions and the machine, recorded beside every result."""
+    return {
+        "packages": {p: version(p) for p in PACKAGES},
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
+    return out.stdout.strip()
+
+
+def result_name(name: str, quick: bool) -> str:
+    """quality and single_task have quick variants, kept beside the full results."""
+    return f"{name}-quick" if quick and name in ("quality", "single_task") else name
+
+
+def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
+    """Run one benchmark script; returns its stamp (command, wall time, exit status)."""
+    out = (RESULTS / f"{result_name(name, quick)}.json").relative_to(REPO)
+    if quick and name == "quality":
+        extra = ["--quick"]
+    if quick and name == "single_task":
+        extra = [*QUICK_SINGLE_TASK, "--run-dir", "runs/bench/single_task-quick"]
+    args = [*extra, "--json", str(out)]
+    command = ["python", f"bench/{script}", *args]
+    print(f"\n=== {name}: {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, *command[1:]], cwd=REPO, check=False)
+    wall = time.perf_counter() - start
+    print(f"=== {name}: exit {proc.returncode} after {wall:.0f} s", flush=True)
+    return {"command": " ".join(command), "json": str(out),
+            "wall_seconds": wall, "returncode": proc.returncode,
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", default=None, help="comma-separated benchmark names")
+    parser.add_argument("--no-report", action="store_true")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(SUITE)
+    unknown = sorted(set(names) - set(SUITE))
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {unknown}; expected some of {list(SUITE)}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    index_path = RESULTS / "index.json"
+    index = json.loads(index_path.read_text()) if index_path.exists() else {"runs": {}}
+    start = time.perf_counter()
+    failed = []
+    for name in names:
+        script, extra = SUITE[name]
+        stamp = run_one(name, script, extra, args.quick)
+        stamp["environment"] = environment()
+        index["runs"][result_name(name, args.quick)] = stamp
+        index_path.write_text(json.dumps(index, indent=1) + "\n")  # after each: a crash keeps it
+        if stamp["returncode"]:
+            failed.append(name)
+    index["suite"] = {"command": "python bench/all.py " + " ".join(sys.argv[1:]),
+                      "names": names, "wall_seconds": time.perf_counter() - start,
+                      "failed": failed}  # fmt: skip
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+    print(f"\nsuite wall time {index['suite']['wall_seconds']:.0f} s; failed: {failed or 'none'}")
+    if not args.no_report:
+        report = subprocess.run([sys.executable, "bench/report.py"], cwd=REPO, check=False)
+        failed += ["report"] if report.returncode else []
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
