@@ -8,6 +8,7 @@ and figures under `docs/results/`. `bench/report.py` turns the JSON into docs/RE
 
     python bench/quality.py            # about 80 minutes on 2 CPU cores
     python bench/quality.py --quick    # about 15 minutes: 4 tasks, 1 seed, fewer steps
+    python bench/quality.py --gpu      # one CUDA GPU, larger limits (bench/gpu.sh runs it)
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ LIMITS = {
             "stats.examples=64", "eval.max_eval_examples=100", *COMMON,
         ],
     },
+    # one H200: more steps, longer inputs, more statistics and test examples (about 8 minutes)
+    "gpu": {
+        "seeds": [0, 1],
+        "overrides": [
+            f"tasks=[{TASKS}]", "lora.inits=[lora,osrm,osrm_mean,contrast,contrast_frozen]",
+            "train.steps=300", "train.lr=1.0e-3", "train.frozen_a_lr=3.0e-3",
+            "train.max_train_examples=4800", "stats.examples=256", "stats.max_length=128",
+            "train.max_length=128", "train.batch_size=16", "eval.max_eval_examples=500",
+            "eval.batch_size=256", GRID,
+        ],
+    },
     # not a result: checks the whole script in about a minute
     "smoke": {
         "seeds": [0, 1],
@@ -117,33 +129,45 @@ def aggregate(runs: list[dict]) -> dict:
     return {"tasks": tasks, "inits": inits, "rows": rows, "interference": inter}
 
 
-def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run-root", default=None)
-    parser.add_argument("--json", default=None, help="default: bench/results/quality[-quick].json")
-    args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    quiet_libraries()
-    name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    limits = LIMITS[name]
-    run_root = Path(args.run_root or f"runs/bench/quality-{name}")
-    start = time.perf_counter()
-    runs = [run_seed(seed, limits["overrides"], run_root) for seed in limits["seeds"]]
+def write_result(name: str, limits: dict, runs: list[dict], seconds: float, out: Path) -> dict:
+    """Aggregate the finished seeds, plot, and write the JSON atomically (after every seed)."""
     result = {"benchmark": "quality", "variant": name, "seeds": limits["seeds"],
-              "overrides": limits["overrides"], "config": str(CONFIG.relative_to(REPO)),
-              "runs": runs, "aggregate": aggregate(runs), "fixed": FIXED,
-              "wall_seconds": time.perf_counter() - start}  # fmt: skip
-    figures = REPO / "docs" / "results" if name != "smoke" else run_root
+              "finished_seeds": [r["seed"] for r in runs], "overrides": limits["overrides"],
+              "config": str(CONFIG.relative_to(REPO)), "runs": runs,
+              "aggregate": aggregate(runs), "fixed": FIXED, "wall_seconds": seconds,
+              "device": "cuda" if torch.cuda.is_available() else "cpu"}  # fmt: skip
+    figures = REPO / "docs" / "results" if name != "smoke" else out.parent
     figures.mkdir(parents=True, exist_ok=True)
     agg = result["aggregate"]
     flat = [{**r, "norm_avg": (r["norm_avg"] or {}).get("mean")} for r in agg["rows"]]
     plot_scale_curves(flat, figures / f"quality-{name}-scale.png")
     plot_interference(agg["interference"], figures / f"quality-{name}-interference.png")
-    out = Path(args.json or REPO / "bench" / "results" / f"quality-{name}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    return result
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--gpu", action="store_true", help="larger limits for one CUDA GPU")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-root", default=None)
+    parser.add_argument("--json", default=None, help="default: bench/results/quality-VARIANT.json")
+    args = parser.parse_args()
+    # 2 threads on the 2-core CI-sized machine; more where a GPU box has the cores to feed it
+    torch.set_num_threads(min(8 if torch.cuda.is_available() else 2, os.cpu_count() or 1))
+    quiet_libraries()
+    name = next((n for n in ("smoke", "quick", "gpu") if getattr(args, n)), "full")
+    limits = LIMITS[name]
+    run_root = Path(args.run_root or f"runs/bench/quality-{name}")
+    out = Path(args.json or REPO / "bench" / "results" / f"quality-{name}.json")
+    start, runs = time.perf_counter(), []
+    for seed in limits["seeds"]:  # results are written after each seed: a timeout keeps them
+        runs.append(run_seed(seed, limits["overrides"], run_root))
+        result = write_result(name, limits, runs, time.perf_counter() - start, out)
     print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
     return result
 
