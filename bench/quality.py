@@ -8,7 +8,6 @@ and figures under `docs/results/`. `bench/report.py` turns the JSON into docs/RE
 
     python bench/quality.py            # about 80 minutes on 2 CPU cores
     python bench/quality.py --quick    # about 15 minutes: 4 tasks, 1 seed, fewer steps
-    python bench/quality.py --gpu      # one CUDA GPU, larger limits (bench/gpu.sh runs it)
 """
 
 from __future__ import annotations
@@ -68,17 +67,6 @@ LIMITS = {
             "stats.examples=64", "eval.max_eval_examples=100", *COMMON,
         ],
     },
-    # one H200: more steps, longer inputs, more statistics and test examples (about 8 minutes)
-    "gpu": {
-        "seeds": [0, 1],
-        "overrides": [
-            f"tasks=[{TASKS}]", "lora.inits=[lora,osrm,osrm_mean,contrast,contrast_frozen]",
-            "train.steps=300", "train.lr=1.0e-3", "train.frozen_a_lr=3.0e-3",
-            "train.max_train_examples=4800", "stats.examples=256", "stats.max_length=128",
-            "train.max_length=128", "train.batch_size=16", "eval.max_eval_examples=500",
-            "eval.batch_size=256", GRID,
-        ],
-    },
     # not a result: checks the whole script in about a minute
     "smoke": {
         "seeds": [0, 1],
@@ -109,13 +97,20 @@ def _stats(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "spread": spread, "n": len(values)}
 
 
+def without_seed(hp: str) -> str:
+    """``density=0.5,seed=1`` -> ``density=0.5``: DARE's drop seed follows the run's seed, and
+    the same setting must pool over seeds."""
+    return ",".join(p for p in hp.split(",") if p and not p.startswith("seed="))
+
+
 def aggregate(runs: list[dict]) -> dict:
     """Mean and spread over seeds of every row's scores, avg and norm_avg."""
     tasks = runs[0]["tasks"]
     by_key: dict[tuple, list[dict]] = defaultdict(list)
     for run in runs:
         for row in run["rows"]:
-            by_key[(row["init"], row["model"], row["method"], row["hp"])].append(row)
+            key = (row["init"], row["model"], row["method"], without_seed(row["hp"]))
+            by_key[key].append(row)
     rows = []
     for (init, model, method, hp), group in by_key.items():
         row = {"init": init, "model": model, "method": method, "hp": hp}
@@ -152,7 +147,6 @@ def write_result(name: str, limits: dict, runs: list[dict], seconds: float, out:
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--gpu", action="store_true", help="larger limits for one CUDA GPU")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-root", default=None)
     parser.add_argument("--json", default=None, help="default: bench/results/quality-VARIANT.json")
@@ -160,7 +154,7 @@ def main() -> dict:
     # 2 threads on the 2-core CI-sized machine; more where a GPU box has the cores to feed it
     torch.set_num_threads(min(8 if torch.cuda.is_available() else 2, os.cpu_count() or 1))
     quiet_libraries()
-    name = next((n for n in ("smoke", "quick", "gpu") if getattr(args, n)), "full")
+    name = next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
     limits = LIMITS[name]
     run_root = Path(args.run_root or f"runs/bench/quality-{name}")
     out = Path(args.json or REPO / "bench" / "results" / f"quality-{name}.json")
