@@ -1,0 +1,361 @@
+"""bench/report.py: docs/RESULTS.md from small synthetic result files of the real JSON shapes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[1] / "bench" / "report.py"
+TASKS = ["trec", "sms_spam"]
+FIXED = {"task_arithmetic": "scale=1.0", "ties": "density=0.2,scale=1.0", "weight_average": "",
+         "dare_linear": "density=0.5,scale=1.0"}  # fmt: skip
+
+
+def load_report():
+    """bench/ is not a package: import the script from its file."""
+    spec = importlib.util.spec_from_file_location("bench_report", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+report = load_report()
+
+
+def stat(mean: float, spread: float = 0.0, n: int = 2) -> dict:
+    """One score aggregated over ``n`` seeds."""
+    return {"mean": mean, "spread": spread, "n": n}
+
+
+def row(
+    init: str, model: str, method: str, hp: str, scores: tuple, norm: tuple | None, n: int = 2
+) -> dict:
+    """An aggregate row: per-task, avg and norm_avg as (mean, spread) over ``n`` seeds."""
+    trec, sms = scores
+    avg = ((trec[0] + sms[0]) / 2, 0.01)
+    return {
+        "init": init,
+        "model": model,
+        "method": method,
+        "hp": hp,
+        **{k: stat(*v, n=n) for k, v in (("trec", trec), ("sms_spam", sms), ("avg", avg))},
+        "norm_avg": stat(*norm, n=n) if norm else None,
+    }
+
+
+def quality_rows() -> list[dict]:
+    """Two inits; the asserts below compute their expected numbers from these by hand."""
+    ta, ties, dare = "task_arithmetic", FIXED["ties"], FIXED["dare_linear"]
+    return [
+        row("lora", "base", "", "", ((0.3, 0.0), (0.5, 0.0)), (0.45, 0.0)),
+        row("lora", "individual", "", "", ((0.80, 0.01), (0.90, 0.01)), (1.0, 0.0)),
+        row("lora", "merged", ta, "scale=0.5", ((0.6, 0), (0.6, 0)), (0.70, 0.02)),
+        row("lora", "merged", ta, "scale=1.0", ((0.5, 0), (0.5, 0)), (0.60, 0.03)),
+        row("lora", "merged", "ties", ties, ((0.61, 0), (0.69, 0)), (0.75, 0.01)),
+        # dare_* carry the run's seed: quality.py aggregates each seed on its own (n = 1)
+        row("lora", "merged", "dare_linear", dare + ",seed=0", ((0.5, 0), (0.5, 0)), (0.6, 0), 1),
+        row("lora", "merged", "dare_linear", dare + ",seed=1", ((0.6, 0), (0.6, 0)), (0.7, 0), 1),
+        row("osrm", "individual", "", "", ((0.78, 0.01), (0.94, 0.01)), (1.0, 0.0)),
+        row("osrm", "merged", ta, "scale=0.5", ((0.7, 0), (0.66, 0)), (0.80, 0.01)),
+        row("osrm", "merged", ta, "scale=1.0", ((0.6, 0), (0.7, 0)), (0.78, 0.02)),
+        row("osrm", "merged", "ties", ties, ((0.55, 0), (0.7, 0)), (0.72, 0.02)),
+    ]
+
+
+INTERFERENCE = {  # init -> adapter j -> task t -> ratio
+    "lora": {"trec": {"trec": 1.0, "sms_spam": 0.5}, "sms_spam": {"trec": 0.3, "sms_spam": 1.0}},
+    "osrm": {"trec": {"trec": 1.0, "sms_spam": 0.1}, "sms_spam": {"trec": 0.2, "sms_spam": 1.0}},
+}
+KEYS = ("other", "own", "other_random", "own_random", "overlap")
+SUBSPACE = {  # per mode, per task: energy fractions captured by the task's A, and the overlap
+    "cov": [
+        {"task": "trec", **dict(zip(KEYS, (0.1, 0.5, 0.2, 0.2, 0.05), strict=True))},
+        {"task": "sms_spam", **dict(zip(KEYS, (0.3, 0.7, 0.2, 0.2, 0.15), strict=True))},
+    ]
+}
+
+
+def quality(variant: str = "full") -> dict:
+    """A quality JSON (bench/quality.py's shape): two seeds, two tasks, two inits."""
+    config = {"seed": 0, "model": {"name": "tiny"}, "lora": {"rank": 8}, "train": {"steps": 3}}
+    runs = [
+        {"seed": s, "rows": [], "interference": INTERFERENCE, "subspace": SUBSPACE,
+         "tasks": TASKS, "seconds": 1.0, "config": config}
+        for s in (0, 1)
+    ]  # fmt: skip
+    aggregate = {"tasks": TASKS, "inits": ["lora", "osrm"], "rows": quality_rows(),
+                 "interference": INTERFERENCE}  # fmt: skip
+    return {"benchmark": "quality", "variant": variant, "seeds": [0, 1],
+            "overrides": ["train.steps=120", "merge.methods={ties: {density: 0.2}}"],
+            "config": "configs/offline-suite.yaml", "fixed": FIXED, "wall_seconds": 4800.0,
+            "runs": runs, "aggregate": aggregate}  # fmt: skip
+
+
+def merge_speed() -> dict:
+    """bench/merge_speed.py's shape: one osrm/peft pair (with warm times), one osrm-only row."""
+    rows = [
+        {
+            "method": "task_arithmetic",
+            "peft_type": "cat",
+            "osrm": {"cold_seconds": 0.5, "peak_mib": 40.0, "warm_seconds": 0.25, "rel_err": 1e-7},
+            "peft": {
+                "seconds": 1.0,
+                "peak_mib": 30.0,
+                "total_seconds": 4.0,
+                "total_peak_mib": 160.0,
+                "load_seconds": 3.0,
+                "rel_err": 2e-7,
+            },
+        },
+        {
+            "method": "tsv",
+            "peft_type": None,
+            "osrm": {"cold_seconds": 2.0, "peak_mib": 90.0, "warm_seconds": None, "rel_err": 0.1},
+        },
+    ]
+    return {"args": {"threads": 1}, "load_average": [1.0, 2.0], "rows": rows}
+
+
+def decoder() -> dict:
+    """bench/decoder.py's shape: flat rows from osrm.report.results_table."""
+    rows = [
+        {
+            "init": "lora",
+            "model": "individual",
+            "method": "",
+            "hp": "",
+            "a": 0.6,
+            "avg": 0.6,
+            "norm_avg": 1.0,
+        },
+        {
+            "init": "lora",
+            "model": "merged",
+            "method": "task_arithmetic",
+            "hp": "scale=0.5",
+            "a": 0.54,
+            "avg": 0.54,
+            "norm_avg": 0.9,
+        },
+        {
+            "init": "lora",
+            "model": "merged",
+            "method": "task_arithmetic",
+            "hp": "scale=1.0",
+            "a": 0.48,
+            "avg": 0.48,
+            "norm_avg": 0.8,
+        },
+    ]
+    return {
+        "benchmark": "decoder",
+        "config": "configs/smollm2-offline.yaml",
+        "overrides": ["train.steps=40"],
+        "seed": 0,
+        "tasks": ["a"],
+        "rows": rows,
+        "interference": {"lora": {"a": {"a": 1.0, "b": 0.2}, "b": {"a": 0.4, "b": 1.0}}},
+        "wall_seconds": 600.0,
+    }
+
+
+def single_task() -> dict:
+    """bench/single_task.py's shape: per task one score per init, then the mean row."""
+    rows = [
+        {"task": "trec", "metric": "accuracy", "lora": 0.80, "osrm": 0.83},
+        {"task": "sms_spam", "metric": "f1", "lora": 0.90, "osrm": 0.89},
+        {"task": "mean", "metric": "", "lora": 0.85, "osrm": 0.86},
+    ]
+    return {
+        "benchmark": "single_task",
+        "rows": rows,
+        "wall_seconds": 100.0,
+        "config": {"seed": 0, "train": {"steps": 100, "lr": 0.003}},
+    }
+
+
+def index() -> dict:
+    """bench/all.py's index.json: train_speed failed (no file), dist_stats never ran."""
+    env = {
+        "packages": {"osrm": "0.1.0", "torch": "2.13.0", "transformers": "5.0", "peft": "0.21"},
+        "python": "3.11",
+        "machine": "x86_64",
+        "cpus": 2,
+        "commit": "abc1234",
+        "dirty": False,
+    }
+    runs = {
+        name: {
+            "command": f"python bench/{name}.py --json bench/results/{name}.json",
+            "json": f"bench/results/{name}.json",
+            "wall_seconds": 60.0,
+            "returncode": 0,
+            "finished": "2026-01-02T03:04:05+00:00",
+            "environment": env,
+        }
+        for name in ("stats_overhead", "merge_speed", "quality")
+    }
+    runs["train_speed"] = {**runs["merge_speed"], "returncode": 1, "command": "python train"}
+    suite = {
+        "command": "python bench/all.py ",
+        "names": list(runs),
+        "wall_seconds": 7200.0,
+        "failed": ["train_speed"],
+    }
+    return {"runs": runs, "suite": suite}
+
+
+def write_results(root: Path) -> Path:
+    """All result files under ``root/bench/results``, and a hand-written discussion."""
+    results = root / "bench" / "results"
+    results.mkdir(parents=True)
+    files = {
+        "index": index(),
+        "quality": quality(),
+        "quality-quick": quality("quick"),
+        "merge_speed": merge_speed(),
+        "decoder": decoder(),
+        "single_task": single_task(),
+        "stats_overhead": {"forward_s": 2.0, "stats_s": 2.3, "target_ratio": 1.15},
+    }
+    for name, data in files.items():
+        (results / f"{name}.json").write_text(json.dumps(data))
+    (results / "quality-gpu.json").write_text(json.dumps({**quality("gpu"), "device": "cuda"}))
+    (results / "quality-gpu.log").write_text(
+        "GPU 0: H200\ntorch 2.9.0 transformers 4.57.0 peft 0.17.0 cuda True\n"
+    )
+    (root / "bench" / "interpretation.md").write_text("Hand-written *discussion*.\n")
+    return results
+
+
+@pytest.fixture
+def document(tmp_path) -> str:
+    """The document written by the command line from the synthetic results."""
+    out = tmp_path / "docs" / "RESULTS.md"
+    assert report.main(["--results", str(write_results(tmp_path)), "--out", str(out)]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["RESULTS.md"]  # no temporary left over
+    return out.read_text()
+
+
+def test_headline_picks_best_setting_and_marks_best_init(document):
+    # best over the grid: lora TA scale=0.5 (0.70 > 0.60), osrm TA scale=0.5; ties has one setting
+    # dare_linear's seed=0 (0.6) and seed=1 (0.7) rows pooled: mean 0.65, population std 0.05
+    assert "| lora | 0.700 ± 0.020 | **0.750 ± 0.010** | **0.650 ± 0.050** |" in document
+    assert "| osrm | **0.800 ± 0.010** | 0.720 ± 0.020 |  |" in document
+    assert "| lora | scale=0.5 | density=0.2,scale=1.0 | density=0.5,scale=1.0 |" in document
+    assert "differ only by `seed=`" in document
+    # fixed settings: TA at scale=1.0
+    assert "| lora | 0.600 ± 0.030 | **0.750 ± 0.010** | **0.650 ± 0.050** |" in document
+    assert "| osrm | **0.780 ± 0.020** | 0.720 ± 0.020 |  |" in document
+
+
+def test_quality_tables(document):
+    # individual adapters: avg = (0.78 + 0.94) / 2
+    assert "| osrm | 0.780 ± 0.010 | 0.940 ± 0.010 | 0.860 ± 0.010 |" in document
+    # per-task merged at osrm's best TA setting: trec 0.7, sms 0.66, avg 0.68, norm 0.8
+    assert "| osrm | task_arithmetic | scale=0.5 | 0.700 | 0.660 | 0.680 | 0.800 |" in document
+    # λ grid and its spread (max − min): lora 0.70 − 0.60, osrm 0.80 − 0.78
+    assert "| lora | 0.700 | 0.600 | 0.100 |" in document
+    assert "| osrm | 0.800 | 0.780 | 0.020 |" in document
+    assert "](results/quality-full-scale.png)" in document
+    # mean off-diagonal interference: (0.5 + 0.3) / 2, (0.1 + 0.2) / 2
+    assert "| lora | 0.400 |" in document and "| osrm | 0.150 |" in document
+    # subspace means over tasks: other 0.2, own 0.6, other_random 0.2, overlap 0.1
+    assert "| cov | 0.200 | 0.600 | 0.200 | 0.100 |" in document
+
+
+def test_interpretation_is_generated_from_the_numbers(document):
+    assert (
+        "osrm's best normalised average (0.800 ± 0.010, task_arithmetic) is above lora's "
+        "(0.750 ± 0.010, ties) by 0.050, beyond the seed spread; osrm is higher for 1 of 2 "
+        "methods at their best setting and 1 of 2 at the fixed settings." in document
+    )
+    assert "lora 0.850 ± 0.010, osrm 0.860 ± 0.010" in document
+    assert (
+        "- osrm: mean single-task score above lora's by 0.010, within the seed spread; largest "
+        "per-task gap to lora +0.040 on sms_spam (beyond the seed spread)." in document
+    )
+    assert "osrm +0.030 on trec" in document  # single-task benchmark: 0.83 − 0.80
+    assert "lora 0.100, osrm 0.020" in document
+    assert "osrm: spread smaller than lora's by 0.080" in document
+    assert "### Discussion\n\nHand-written *discussion*.\n" in document
+
+
+def test_speed_ratios_stamps_and_missing_benchmarks(document):
+    assert "| forward 2.000 s | statistics 2.300 s | 1.15 | overhead (target ≤ 1.15: met) |" in (
+        document
+    )
+    assert "| peft total 4.00 s | osrm cold 0.50 s | 8.00 | speed-up |" in document
+    assert "| peft merge 1.00 s | osrm warm 0.25 s | 4.00 | speed-up |" in document
+    assert "| peft total 160 MiB | osrm 40 MiB | 0.25 | memory fraction |" in document
+    assert "tsv" not in document.split("## Speed")[1].split("## Interpretation")[0]
+    assert "train_speed: *Not run*" in document and "failed with exit status 1" in document
+    assert "dist_stats: *Not run*" in document and "no record of a run" in document
+    assert "- Suite: `python bench/all.py ` ran" in document and "2.0 h" in document
+    assert "1 torch threads · 1-min load average 1.0 before, 2.0 after" in document
+    assert "peft 0.21 · wall time 60.0 s" in document  # stamp from index.json
+
+
+def test_other_sections_and_limits(document):
+    assert "| lora | 0.600 | 0.900 (scale=0.5) | 0.300 |" in document  # decoder
+    assert "| trec | accuracy | 0.800 | 0.830 |" in document  # single-task benchmark
+    assert "## Quality, quick variant" in document
+    gpu = document.split("### Best setting per method, GPU run")[1].split("###")[0]
+    assert "device cuda · torch 2.9.0, transformers 4.57.0, peft 0.17.0" in gpu
+    assert "| osrm | **0.800 ± 0.010** | 0.720 ± 0.020 |  |" in gpu
+    assert "- `merge.methods={ties: {density: 0.2}}`" in document
+    assert "seeds 0, 1" in document and "config `configs/offline-suite.yaml` + `train" in document
+
+
+def test_missing_and_malformed_results_do_not_crash(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "quality.json").write_text(json.dumps({"aggregate": {"rows": "oops"}}))
+    (results / "decoder.json").write_text("{not json")
+    text = report.build(results)
+    assert "*Could not summarise" in text
+    assert "*Not run*: no usable" in text and "decoder.json" in text
+    for section in ("## Speed", "## Single-task benchmark", "## Limits", "## Interpretation"):
+        assert section in text
+
+
+def test_comparisons_are_worded_by_the_sign_of_the_difference():
+    assert report.difference(stat(0.70, 0.02), stat(0.72, 0.01)) == (
+        "below",
+        " by 0.020, within the seed spread",
+    )
+    assert report.difference(stat(0.75, 0.01), stat(0.70, 0.02)) == (
+        "above",
+        " by 0.050, beyond the seed spread",
+    )
+    assert report.difference(stat(0.7001), stat(0.7002))[0] == "equal (to 3 decimals) to"
+    assert report.spread_sentence(0.3, 0.1) == "spread larger than lora's by 0.200"
+
+
+def test_gpu_run_section_reads_osrm_run_output(tmp_path):
+    from osrm.report import Result, append_results
+
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    found = [
+        Result("lora", "individual", "trec", "accuracy", 0.8, scores={"accuracy": 0.8}),
+        Result("lora", "individual", "sms_spam", "f1", 0.5, scores={"f1": 0.5}),
+        Result("lora", "merged", "trec", "accuracy", 0.6, "ties", "density=0.2",
+               scores={"accuracy": 0.6}),
+        Result("lora", "merged", "sms_spam", "f1", 0.25, "ties", "density=0.2",
+               scores={"f1": 0.25}),
+    ]  # fmt: skip
+    append_results(gpu / "results.jsonl", found)
+    (gpu / "run.log").write_text(
+        "mean cross-task interference ratio: lora 0.795\nexit 0 after 9 s\n"
+    )
+    text = report.build(tmp_path)
+    gpu_part = text.split("## Quality on one GPU")[1].split("\n## ")[0]
+    # norm. avg of the merged row = (0.6/0.8 + 0.25/0.5) / 2 = 0.625; avg = 0.425
+    assert "| lora | merged | ties | density=0.2 | 0.600 | 0.250 | 0.425 | 0.625 |" in gpu_part
+    assert "exit 0 after 9 s" in gpu_part and "lora 0.795" in gpu_part
