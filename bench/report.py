@@ -1079,6 +1079,13 @@ def header(inputs: Inputs) -> list[str]:
         lines.append(
             "- Suite: no complete run of `bench/all.py` recorded (single benchmarks only)."
         )
+    for part in inputs.index.get("partial") or []:
+        failed = ", ".join(part.get("failed") or []) or "none"
+        lines.append(
+            f"- Later partial run: `{part.get('command', '?')}` ran "
+            f"{', '.join(part.get('names', []))} in {duration(part.get('wall_seconds'))}; "
+            f"failed: {failed}."
+        )
     finished = max((r["finished"] for r in runs.values() if r.get("finished")), default=None)
     lines.append(f"- Last benchmark finished: {finished or 'not recorded'}.")
     return [*lines, f"- {environment_line(runs)}", ""]
