@@ -137,13 +137,14 @@ def test_report_command_rebuilds(tiny_run, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr(tiny_run):
+def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr_and_steps(tiny_run):
     from safetensors.torch import load_file
 
     config, run_dir = tiny_run
     cfg = yaml.safe_load(config.read_text())
     cfg["lora"]["inits"] = ["contrast", "contrast_frozen"]
     cfg["train"]["frozen_a_lr"] = 5e-2
+    cfg["train"]["frozen_a_steps"] = cfg["train"]["steps"] + 2
     config.write_text(yaml.safe_dump(cfg))
     assert main(["train", str(config)]) == 0
     task = cfg["tasks"][0]["name"] if isinstance(cfg["tasks"][0], dict) else cfg["tasks"][0]
@@ -155,6 +156,10 @@ def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr(tiny_run):
         provs[init] = json.loads((path / "osrm_provenance.json").read_text())
     assert records["contrast"]["train"]["lr"] == pytest.approx(1e-2)
     assert records["contrast_frozen"]["train"]["lr"] == pytest.approx(5e-2)
+    # the step count too: the recorded settings and the optimizer steps actually taken
+    assert records["contrast"]["steps"] == cfg["train"]["steps"]
+    assert records["contrast_frozen"]["steps"] == cfg["train"]["steps"] + 2
+    assert records["contrast_frozen"]["train"]["steps"] == cfg["train"]["steps"] + 2
     assert provs["contrast_frozen"]["freeze_a"] and not provs["contrast"]["freeze_a"]
     a_keys = [k for k in weights["contrast"] if "lora_A" in k]
     b_keys = [k for k in weights["contrast"] if "lora_B" in k]

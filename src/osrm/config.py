@@ -86,6 +86,9 @@ class TrainSection(Section):
     frozen_a_lr: float | None = Field(
         None, gt=0, le=1, description="lr of adapters whose A is frozen; null = lr"
     )
+    frozen_a_steps: int | None = Field(
+        None, ge=1, description="steps of adapters whose A is frozen; null = steps"
+    )
     checkpoint_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = never")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPU"
@@ -97,6 +100,8 @@ class TrainSection(Section):
             raise ValueError(
                 f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}"
             )
+        if self.frozen_a_steps is not None and self.epochs is not None:
+            raise ValueError("frozen_a_steps counts steps; it cannot be combined with epochs")
         return self
 
 

@@ -11,7 +11,7 @@ import torch
 
 from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, save_adapter
-from osrm.config import ExperimentConfig
+from osrm.config import ExperimentConfig, TrainSection
 from osrm.data import batches, encode
 from osrm.stages.common import TaskStats, load_base, lora_config, run_fingerprint, task_spec
 from osrm.stats import (
@@ -97,6 +97,13 @@ def adapter_stage(
     return out
 
 
+def frozen_a_settings(train_cfg: TrainSection) -> TrainSection:
+    """The train settings of an adapter whose A is frozen: ``frozen_a_lr`` and ``frozen_a_steps``
+    replace ``lr`` and ``steps`` where they are set."""
+    update = {"lr": train_cfg.frozen_a_lr, "steps": train_cfg.frozen_a_steps}
+    return train_cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
+
+
 def train_task(
     cfg: ExperimentConfig,
     task: str,
@@ -131,8 +138,8 @@ def train_task(
     ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
     fingerprint = run_fingerprint(cfg, task, init, provenance)
     train_cfg = cfg.train
-    if freeze_a and train_cfg.frozen_a_lr is not None:  # B alone needs a larger step to keep up
-        train_cfg = train_cfg.model_copy(update={"lr": train_cfg.frozen_a_lr})
+    if freeze_a:  # B alone learns more slowly: it may get its own lr and step count
+        train_cfg = frozen_a_settings(train_cfg)
     if train_cfg.epochs is not None:  # the paper trains for epochs: steps follow the task size
         steps = math.ceil(train_cfg.epochs * len(data) / train_cfg.batch_size)
         train_cfg = train_cfg.model_copy(update={"steps": steps})
