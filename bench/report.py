@@ -385,11 +385,17 @@ def setup_line(data: Mapping) -> str:
     lora, train = cfg.get("lora", {}), cfg.get("train", {})
     tasks = data["aggregate"]["tasks"]
     targets = " on " + ", ".join(lora["target_modules"]) if lora.get("target_modules") else ""
+    frozen = ""
+    if train.get("frozen_a_steps") or train.get("frozen_a_lr"):  # B-only adapters train longer
+        frozen = (
+            f" (inits with a frozen A: {train.get('frozen_a_steps') or train.get('steps', '?')} "
+            f"steps at lr {train.get('frozen_a_lr') or train.get('lr', '?')})"
+        )
     return (
         f"Setup: `{cfg.get('model', {}).get('name', '?')}`, LoRA r={lora.get('rank', '?')}"
         f"{targets}, {train.get('steps', '?')} steps at lr "
-        f"{train.get('lr', '?')}; {plural(len(tasks), 'task')} ({', '.join(tasks)}); inits "
-        f"{', '.join(data['aggregate']['inits'])}."
+        f"{train.get('lr', '?')}{frozen}; {plural(len(tasks), 'task')} ({', '.join(tasks)}); "
+        f"inits {', '.join(data['aggregate']['inits'])}."
     )
 
 

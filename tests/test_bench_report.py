@@ -82,7 +82,8 @@ SUBSPACE = {  # per mode, per task: energy fractions captured by the task's A, a
 
 def quality(variant: str = "full") -> dict:
     """A quality JSON (bench/quality.py's shape): two seeds, two tasks, two inits."""
-    config = {"seed": 0, "model": {"name": "tiny"}, "lora": {"rank": 8}, "train": {"steps": 3}}
+    config = {"seed": 0, "model": {"name": "tiny"}, "lora": {"rank": 8},
+              "train": {"steps": 3, "lr": 0.01, "frozen_a_steps": 9}}  # fmt: skip
     runs = [
         {"seed": s, "rows": [], "interference": INTERFERENCE, "subspace": SUBSPACE,
          "tasks": TASKS, "seconds": 1.0, "config": config}
@@ -267,6 +268,7 @@ def test_quality_tables(document):
     assert "| lora | 0.400 |" in document and "| osrm | 0.150 |" in document
     # subspace means over tasks: other 0.2, own 0.6, other_random 0.2, overlap 0.1
     assert "| cov | 0.200 | 0.600 | 0.200 | 0.100 |" in document
+    assert "3 steps at lr 0.01 (inits with a frozen A: 9 steps at lr 0.01)" in document
 
 
 def test_interpretation_is_generated_from_the_numbers(document):
