@@ -1092,9 +1092,25 @@ def header(inputs: Inputs) -> list[str]:
             f"{', '.join(part.get('names', []))} in {duration(part.get('wall_seconds'))}; "
             f"failed: {failed}."
         )
+    lines += current_suite_time(suite, runs, inputs.index.get("partial") or [])
     finished = max((r["finished"] for r in runs.values() if r.get("finished")), default=None)
     lines.append(f"- Last benchmark finished: {finished or 'not recorded'}.")
     return [*lines, f"- {environment_line(runs)}", ""]
+
+
+def current_suite_time(suite: dict, runs: dict, partial: list[dict]) -> list[str]:
+    """When full-size benchmarks were re-run after the suite, what the suite costs now: the sum
+    of the latest stamp of each of its benchmarks (the gaps between them are not counted)."""
+    rerun = [p for p in partial if "--quick" not in p.get("command", "")]
+    names = suite.get("names") or []
+    seconds = [runs.get(n, {}).get("wall_seconds") for n in names]
+    if not rerun or not names or None in seconds:
+        return []
+    redone = sorted({n for p in rerun for n in p.get("names", []) if n in names})
+    return [
+        f"- Suite time after the re-runs: {duration(sum(seconds))}, the sum of the latest run of "
+        f"each benchmark ({', '.join(redone)} re-run after the suite)."
+    ]
 
 
 def limits_body(inputs: Inputs) -> list[str]:
