@@ -24,6 +24,14 @@ from pathlib import Path
 
 REPO = Path(__file__).parents[1]
 RESULTS = REPO / "bench" / "results"
+# what counts as uncommitted changes: everything but the outputs that every benchmark run rewrites
+SOURCES = (
+    "--",
+    ".",
+    ":(exclude)bench/results",
+    ":(exclude)docs/results",
+    ":(exclude)docs/RESULTS.md",
+)
 PACKAGES = ("osrm", "torch", "transformers", "peft", "accelerate", "safetensors", "scikit-learn")
 SINGLE_TASK_LIMITS = ["--steps", "100", "--lr", "3e-3", "--eval-examples", "300"]
 QUICK_SINGLE_TASK = ["--steps", "60", "--lr", "3e-3", "--eval-examples", "200",
@@ -49,7 +57,7 @@ def environment() -> dict:
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", *SOURCES)),
     }
 
 
@@ -100,8 +108,9 @@ def main() -> int:
     failed = []
     for name in names:
         script, extra = SUITE[name]
+        env = environment()  # the code as it was when the benchmark started
         stamp = run_one(name, script, extra, args.quick)
-        stamp["environment"] = environment()
+        stamp["environment"] = env
         index["runs"][result_name(name, args.quick)] = stamp
         index_path.write_text(json.dumps(index, indent=1) + "\n")  # after each: a crash keeps it
         if stamp["returncode"]:
