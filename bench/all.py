@@ -2,7 +2,7 @@
 docs/RESULTS.md from the raw JSON (`bench/report.py`). This is what `make bench` runs.
 
     python bench/all.py             # the full suite (about 2 hours on 2 CPU cores)
-    python bench/all.py --quick     # quality --quick, small single-task run (about 30 minutes)
+    python bench/all.py --quick     # quality --quick, small single-task run, the rest as is
     python bench/all.py --only merge_speed,dist_stats   # a subset; other results are kept
 
 Each benchmark runs in its own process (so timings do not share a warm cache or thread pool)

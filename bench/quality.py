@@ -9,7 +9,7 @@ others' single-task scores), then aggregates over seeds (mean and spread) into
 under `docs/results/`. `bench/report.py` turns the JSON into docs/RESULTS.md.
 
     python bench/quality.py            # about 80-90 minutes on 2 CPU cores
-    python bench/quality.py --quick    # about 15 minutes: 4 tasks, 1 seed, fewer steps
+    python bench/quality.py --quick    # about 12 minutes: 4 tasks, 1 seed, fewer steps
 """
 
 from __future__ import annotations
