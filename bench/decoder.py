@@ -40,6 +40,7 @@ def main() -> dict:
     args = parser.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     quiet_libraries()
+    pipeline.clear_run_dir(Path(args.run_dir))  # a leftover run would be reused, not timed
     start = time.perf_counter()
     out = pipeline.run(CONFIG, [*OVERRIDES, f"run_dir={args.run_dir}"])
     cfg = out["cfg"]

@@ -87,6 +87,7 @@ LIMITS = {
 def run_seed(seed: int, overrides: list[str], run_root: Path) -> dict:
     from osrm import pipeline
 
+    pipeline.clear_run_dir(run_root / f"seed{seed}")  # a leftover run would be reused, not timed
     start = time.perf_counter()
     out = pipeline.run(CONFIG, [*overrides, f"seed={seed}", f"run_dir={run_root / f'seed{seed}'}"])
     cfg = out["cfg"]

@@ -25,6 +25,7 @@ from osrm.config import load_config  # noqa: E402
 from osrm.pipeline import (  # noqa: E402
     DEMO_CONFIG,
     adapter_stage,
+    clear_run_dir,
     eval_task,
     load_adapter_model,
     load_base,
@@ -56,6 +57,7 @@ def main() -> dict:
     ]  # fmt: skip
     cfg = load_config(DEMO_CONFIG, overrides)
     run_dir = Path(cfg.run_dir)
+    clear_run_dir(run_dir)  # a leftover run's adapters would be reused, not timed
     start = time.perf_counter()
     model, tok = load_base(cfg)
     stats, metas = stats_stage(cfg, run_dir, model, tok)

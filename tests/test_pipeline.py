@@ -13,6 +13,7 @@ from transformers import AutoModelForSequenceClassification
 
 from conftest import save_tiny_bert, write_synthetic_tasks
 from osrm.cli import main
+from osrm.errors import OsrmError
 from osrm.report import read_results
 
 MERGE = {
@@ -172,3 +173,37 @@ def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr_and_steps(tiny_run):
         assert (gram - torch.eye(gram.shape[0], dtype=gram.dtype)).abs().max() < 1e-5
         assert not torch.allclose(weights["contrast"][key], weights["contrast_frozen"][key])
     assert all(weights["contrast_frozen"][k].abs().max() > 0 for k in b_keys)
+
+
+def test_run_dir_of_an_older_version_is_not_refused(tiny_run):
+    """A setting added later (here train.frozen_a_steps, at its default) is not a changed setting;
+    a setting that really differs still is."""
+    from osrm.pipeline import prepare
+
+    config, run_dir = tiny_run
+    prepare(config)
+    recorded = run_dir / "config.yaml"
+    old = yaml.safe_load(recorded.read_text())
+    del old["train"]["frozen_a_steps"]  # what an osrm without that setting wrote
+    recorded.write_text(yaml.safe_dump(old))
+    assert prepare(config).train.frozen_a_steps is None
+    old["train"]["lr"] = 0.5
+    recorded.write_text(yaml.safe_dump(old))
+    with pytest.raises(OsrmError, match="different 'train' section"):
+        prepare(config)
+
+
+def test_clear_run_dir_removes_only_osrm_runs(tiny_run, tmp_path):
+    from osrm.pipeline import clear_run_dir, prepare
+
+    config, run_dir = tiny_run
+    prepare(config)
+    clear_run_dir(run_dir)
+    assert not run_dir.exists()
+    clear_run_dir(run_dir)  # nothing there: nothing to do
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep")
+    with pytest.raises(OsrmError, match="holds no osrm run"):
+        clear_run_dir(other)
+    assert (other / "notes.txt").read_text() == "keep"

@@ -16,7 +16,7 @@ import yaml
 
 from osrm import __version__, distributed
 from osrm.adapters import RUN_ADAPTER_FILES
-from osrm.config import ExperimentConfig, dump_config, load_config
+from osrm.config import ExperimentConfig, dump_config, load_config, parse_config
 from osrm.errors import OsrmError
 from osrm.manifest import verify_dir
 from osrm.models import resolve_model
@@ -70,7 +70,7 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     recorded = run_dir / "config.yaml"
     check_run_dir(run_dir)
     if recorded.is_file():
-        old = yaml.safe_load(recorded.read_text()) or {}
+        old = recorded_config(recorded)
         new = cfg.model_dump(mode="json")
         changed = [k for k in PINNED if old.get(k) != new.get(k)]
         if changed:
@@ -96,6 +96,17 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     return cfg
 
 
+def recorded_config(path: Path) -> dict:
+    """A run directory's ``config.yaml`` with today's defaults filled in, so that a setting added
+    by a later osrm version does not make an older run look different; as written if it no longer
+    parses."""
+    old = yaml.safe_load(path.read_text()) or {}
+    try:
+        return parse_config(old, str(path)).model_dump(mode="json")
+    except OsrmError:
+        return old
+
+
 def check_run_dir(run_dir: Path) -> None:
     """A run directory is new, empty, or one of ours (it has ``config.yaml``).
 
@@ -110,6 +121,14 @@ def check_run_dir(run_dir: Path) -> None:
             f"run_dir {run_dir}: exists, is not empty and holds no osrm run (no config.yaml); "
             "choose a new or empty directory"
         )
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete an osrm run directory so that the next run starts from nothing (the benchmarks time
+    the whole work, not a re-run that finds it done). Refuses a directory that is not ours."""
+    check_run_dir(run_dir)
+    if run_dir.is_dir():
+        shutil.rmtree(run_dir)
 
 
 def check_rank(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
