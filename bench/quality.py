@@ -87,12 +87,13 @@ LIMITS = {
 def run_seed(seed: int, overrides: list[str], run_root: Path) -> dict:
     from osrm import pipeline
 
-    pipeline.clear_run_dir(run_root / f"seed{seed}")  # a leftover run would be reused, not timed
+    run_dir = run_root / f"seed{seed}"
+    pipeline.clear_run_dir(run_dir)  # a leftover run would be reused, not timed
     start = time.perf_counter()
-    out = pipeline.run(CONFIG, [*overrides, f"seed={seed}", f"run_dir={run_root / f'seed{seed}'}"])
+    out = pipeline.run(CONFIG, [*overrides, f"seed={seed}", f"run_dir={run_dir}"])
     cfg = out["cfg"]
     rows = results_table(out["results"], cfg.task_names)
-    subspace = json.loads((Path(cfg.run_dir) / "subspace_report.json").read_text())["modes"]
+    subspace = json.loads((run_dir / "subspace_report.json").read_text())["modes"]
     return {"seed": seed, "rows": rows, "interference": out["interference"],
             "subspace": subspace, "tasks": cfg.task_names, "seconds": time.perf_counter() - start,
             "config": cfg.model_dump(mode="json")}  # fmt: skip
