@@ -1,22 +1,35 @@
 """Atomic artifacts: write to a temporary sibling, then rename into place.
 
 A crash or a failed write leaves either the old artifact or nothing, never half a file that a
-later stage could trust. A failed write (disk full, read-only or missing folder) is reported as
-one :class:`~osrm.errors.OsrmError` line naming the artifact, not the temporary path. A SIGKILL
-can leave a hidden ``.<name>.<random>.tmp`` sibling behind; nothing ever reads those.
+later stage could trust. A failed write (disk full, file-size limit, read-only or missing folder;
+an ``OSError`` or safetensors' own ``SafetensorError``) is reported as one
+:class:`~osrm.errors.OsrmError` line naming the artifact, not the temporary path. A SIGKILL can
+leave a hidden ``.<name>.<random>.tmp`` sibling behind; nothing ever reads those.
+
+The checked loaders :func:`read_json`, :func:`read_yaml` and :func:`read_jsonl` are the one way
+osrm reads back its own JSON/YAML artifacts: a missing, unreadable or corrupt file is one
+``OsrmError`` line naming the file (and line), never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors import SafetensorError
 
 from osrm.errors import OsrmError
+
+log = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -25,12 +38,18 @@ def _umask() -> int:
     return mask
 
 
-def write_error(path: Path, err: OSError) -> OsrmError:
+def write_error(path: Path, err: OSError | SafetensorError) -> OsrmError:
     """One line for a failed write of ``path`` (the errno text, e.g. 'No space left on device')."""
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         return OsrmError(f"cannot write {path}: {blocked} is a file, not a directory")
-    return OsrmError(f"cannot write {path}: {err.strerror or err}")
+    if isinstance(err, OSError):
+        return OsrmError(f"cannot write {path}: {err.strerror or err}")
+    # safetensors wraps the OS error in its own text: 'IoError(Os { ..., message: "File too
+    # large" })'; keep the OS message when there is one
+    found = re.search(r'message: "([^"]*)"', str(err))
+    text = found.group(1) if found else " ".join(str(err).split())
+    return OsrmError(f"cannot write {path}: {text}")
 
 
 def _is_ours(err: OSError, tmp: Path, path: Path) -> bool:
@@ -65,6 +84,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are shared files
         yield tmp_path
         os.replace(tmp_path, path)
+    except SafetensorError as e:  # raised only by writes: reads happen before atomic_file
+        raise write_error(path, e) from None
     except OSError as e:
         if _is_ours(e, tmp_path, path):
             raise write_error(path, e) from None
@@ -74,17 +95,25 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path``.
 
     An existing ``path`` is moved aside first and removed only after the new one is in place.
+    ``replace=False``: refuse (OsrmError) if ``path`` appeared while the folder was being written.
     """
     path = Path(path)
     tmp = _sibling(path, tempfile.mkdtemp)
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        if not replace and (path.exists() or path.is_symlink()):
+            raise OsrmError(
+                f"{path} appeared while osrm was writing it (another program?); "
+                "it was left as it is, pass --force to replace it"
+            )
         _swap_in(tmp, path)
+    except SafetensorError as e:
+        raise write_error(path, e) from None
     except OSError as e:
         if _is_ours(e, tmp, path):
             raise write_error(path, e) from None
@@ -140,3 +169,91 @@ def _sort_metadata(path: Path) -> None:
         size = -(-len(text) // 8) * 8  # keep the tensor data 8-byte aligned
         f.seek(0)
         f.write(size.to_bytes(8, "little") + text.ljust(size, b" ") + data)
+
+
+# ------------------------------------------------------------------ checked loaders
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise OsrmError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise OsrmError(f"{path}: {what} is not UTF-8 text; {_REDO}") from None
+
+
+_REDO = "delete it (or restore it) and re-run"
+
+
+def _check_type(path: Path, what: str, data: Any, expect: type | None) -> Any:
+    if expect is not None and not isinstance(data, expect):
+        raise OsrmError(
+            f"{path}: {what} should hold a JSON {_KIND.get(expect, expect.__name__)}, "
+            f"got {type(data).__name__}; {_REDO}"
+        )
+    return data
+
+
+_KIND = {dict: "object (mapping)", list: "array (list)"}
+
+
+def read_json(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
+    """A JSON artifact osrm wrote (``what`` names it in errors), checked to be an ``expect``."""
+    path = Path(path)
+    text = _read_text(path, what)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OsrmError(f"{path}:{e.lineno}: {what} is not valid JSON ({e.msg}); {_REDO}") from None
+    return _check_type(path, what, data, expect)
+
+
+def read_yaml(path: str | os.PathLike, what: str, expect: type | None = dict) -> Any:
+    """A YAML file (an empty file reads as an empty ``expect``), checked to be an ``expect``."""
+    path = Path(path)
+    text = _read_text(path, what)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise OsrmError(f"{path}{where}: {what} is not valid YAML ({problem})") from None
+    if data is None and expect is not None:
+        data = expect()
+    return _check_type(path, what, data, expect)
+
+
+def read_jsonl(path: str | os.PathLike, what: str) -> list[tuple[int, dict]]:
+    """``(line number, object)`` of every complete line of a JSON-lines artifact (none if the
+    file is missing). An unterminated last line is what an interrupted append leaves: it is
+    skipped with a warning (its content is computed again)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise OsrmError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+    *lines, partial = raw.split(b"\n")
+    out = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise OsrmError(
+                f"{path}:{number}: not a {what} line ({type(e).__name__}); delete that line and "
+                "re-run to compute it again"
+            ) from None
+        if not isinstance(data, dict):
+            raise OsrmError(
+                f"{path}:{number}: not a {what} line (a JSON {type(data).__name__}, expected an "
+                "object); delete that line and re-run to compute it again"
+            )
+        out.append((number, data))
+    if partial.strip():
+        log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
+    return out

@@ -7,15 +7,30 @@ result. Every error names the file or field and the expected value.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from osrm.errors import OsrmError
 from osrm.safety import check_name
+
+# torch, numpy and the seeded data order all take a seed that fits in 32 bits
+MAX_SEED = 2**32 - 1
+DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 class Section(BaseModel):
@@ -33,6 +48,13 @@ class ModelConfig(Section):
         "auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ..."
     )
     trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not DEVICE.fullmatch(value):
+            raise ValueError(f"expected 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N', got {value!r}")
+        return value
 
 
 class LoraSection(Section):
@@ -121,11 +143,83 @@ class EvalSection(Section):
     max_eval_examples: int | None = Field(None, ge=1)
 
 
+def _as_list(value: Any) -> Any:
+    """``text_fields: review`` means ``[review]`` (osrm.tasks accepts both)."""
+    return [value] if isinstance(value, str) else value
+
+
+def _scalar(value: Any) -> Any:
+    """A label as YAML writes it (``1``, ``1.0``, ``yes``), kept as is (osrm.splits.label_key)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"expected a finite label value, got {value!r}")
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError(f"expected a label value (string or number), got {type(value).__name__}")
+    return value
+
+
+Names = Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)]
+Labels = Annotated[list[Annotated[Any, AfterValidator(_scalar)]], Field(min_length=1)]
+Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
+
+
+class SplitsBlock(Section):
+    """The ``splits`` of a user task block (osrm.splits.SplitPolicy)."""
+
+    train: str = "train"
+    validation: str | None = None
+    test: str | None = None
+    validation_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.1
+
+
+class TaskBlock(Section):
+    """The types of a user task block; its meaning is checked by osrm.tasks.task_from_dict.
+
+    Validated only (the block itself is kept as written), so that every type error is one line
+    naming ``tasks.N.field`` instead of a traceback deep in data loading.
+    """
+
+    name: str
+    text_fields: Names
+    label_field: str
+    label_names: Labels | None = None
+    label_values: Labels | None = None
+    regression: bool = False
+    metrics: Names | None = None
+    main_metric: str | None = None
+    source: str | None = None
+    subset: str | None = None
+    files: dict[Literal["train", "validation", "test"], str] | None = None
+    splits: SplitsBlock | None = None
+    size: int | None = Field(None, ge=0)
+    description: str = ""
+    license: str = ""
+
+
+def check_task_blocks(tasks: Any, source: str) -> None:
+    """Every ``tasks`` entry is a registry name or a well-typed task block, else OsrmError."""
+    if not isinstance(tasks, list):
+        return  # the schema reports it (field 'tasks': Input should be a valid list)
+    for i, entry in enumerate(tasks):
+        if isinstance(entry, str):
+            continue
+        if not isinstance(entry, dict):
+            got = repr(entry)[:60]
+            raise OsrmError(
+                f"{source}: field 'tasks.{i}': expected a registry task name or a task block "
+                f"(a mapping with name, files, text_fields, label_field, ...), got {got}"
+            )
+        try:
+            TaskBlock.model_validate(entry)
+        except ValidationError as e:
+            raise OsrmError(f"{source}: {_first_error(e, ('tasks', i), TaskBlock)}") from None
+
+
 class ExperimentConfig(Section):
     """The whole experiment (one run directory)."""
 
     run_dir: str = "runs/default"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     model: ModelConfig = ModelConfig()
     tasks: list[str | dict[str, Any]] = Field(
         min_length=2,
@@ -187,17 +281,20 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a mapping; the first error becomes one line naming the field."""
+    check_task_blocks(data.get("tasks"), source)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
         raise OsrmError(f"{source}: {_first_error(e)}") from None
 
 
-def _first_error(e: ValidationError) -> str:
+def _first_error(
+    e: ValidationError, prefix: tuple = (), root: type[BaseModel] | None = None
+) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"])
+    loc = ".".join(str(p) for p in (*prefix, *err["loc"]))
     if err["type"] == "extra_forbidden":
-        section = _section_at(err["loc"][:-1])
+        section = _section_at(err["loc"][:-1], root or ExperimentConfig)
         return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
     if err["type"] == "value_error":  # our own validators: their message says it all
         message = str(err.get("ctx", {}).get("error", err["msg"]))
@@ -207,10 +304,16 @@ def _first_error(e: ValidationError) -> str:
     return f"field {loc!r}: {err['msg']} (got {got})"
 
 
-def _section_at(path: Sequence[Any]) -> type[BaseModel]:
-    model: type[BaseModel] = ExperimentConfig
+def _section_at(path: Sequence[Any], root: type[BaseModel]) -> type[BaseModel]:
+    model = root
     for part in path:
-        annotation = model.model_fields[str(part)].annotation
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        annotation = field.annotation
+        for arg in getattr(annotation, "__args__", ()):  # ``SplitsBlock | None``: the model
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                annotation = arg
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
         model = annotation
@@ -224,12 +327,15 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
         data = yaml.safe_load(path.read_text()) or {}
     except OSError as e:
         raise OsrmError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise OsrmError(f"{path}: cannot read config (not UTF-8 text)") from None
     except yaml.YAMLError as e:
         problem = " ".join(str(getattr(e, "problem", None) or e).split())
         raise OsrmError(f"{path}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise OsrmError(f"{path}: expected a mapping of sections at the top level")
     data = apply_overrides(data, overrides)
+    check_task_blocks(data.get("tasks"), str(path))  # types first: the paths below are str
     for task in data.get("tasks") or []:  # user task files are relative to the config file
         if isinstance(task, dict) and isinstance(task.get("files"), dict):
             task["files"] = {

@@ -12,21 +12,24 @@ import shutil
 from pathlib import Path
 
 import torch
-import yaml
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from osrm import __version__, distributed
 from osrm.adapters import RUN_ADAPTER_FILES
+from osrm.atomic import read_yaml
 from osrm.config import ExperimentConfig, dump_config, load_config, parse_config
 from osrm.errors import OsrmError
 from osrm.manifest import verify_dir
-from osrm.models import resolve_model
+from osrm.models import load_error, resolve_model
 from osrm.report import markdown_table, table_columns
+from osrm.rundir import check_run_dir, lock_run_dir, run_path, unlock_run_dir
 from osrm.stages.common import (
     TaskStats,
     eval_task,
     load_adapter_model,
     load_base,
     lora_config,
+    resolve_device,
     task_spec,
     write_json,
     write_text,
@@ -41,7 +44,7 @@ from osrm.stages.reporting import report_stage
 from osrm.stages.statistics import stats_stage, subspace_stage, subspace_table
 from osrm.stages.training import INIT_MODES, adapter_stage, train_task
 from osrm.stats import StatsMeta, find_target_modules, input_dim
-from osrm.tasks import get_task, load_task
+from osrm.tasks import get_task, task_sizes
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
@@ -50,77 +53,117 @@ DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")
 PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval")
 
 __all__ = [
-    "DEMO_CONFIG", "adapter_stage", "eval_task", "load_adapter_model", "load_base", "lora_config",
-    "prepare", "run", "stats_stage", "task_spec", "train_task",
+    "DEMO_CONFIG", "adapter_stage", "check_run_dir", "eval_task", "load_adapter_model",
+    "load_base", "lora_config", "prepare", "release", "run", "stats_stage", "task_spec",
+    "train_task",
 ]  # fmt: skip
 
 
 def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load and validate the config, create the run directory and record the resolved config.
+    """Load and validate the config, lock and create the run directory, record the config.
 
     Everything that can be checked without the model's weights is checked before anything is
-    written: the run directory, the model name, every task's data, the merge grid.
+    written: the run directory, the model (its config built on the meta device: device, target
+    modules, rank), every task's data and the splits the run uses, the merge grid. A mistake
+    therefore leaves no ``config.yaml`` behind that would refuse the corrected command. The run
+    directory stays locked (:mod:`osrm.locking`) until :func:`release` or the process ends.
 
     Raises:
-        OsrmError: a bad config, model, task or merge setting, or a run directory that holds a
-            run made with different settings or something that is not an osrm run.
+        OsrmError: a bad config, model, task or merge setting, a run directory that holds a
+            run made with different settings, is not an osrm run, holds a symbolic link, or is
+            in use by another osrm process.
     """
     cfg = load_config(config, overrides)
     run_dir = Path(cfg.run_dir)
-    recorded = run_dir / "config.yaml"
     check_run_dir(run_dir)
-    if recorded.is_file():
-        old = recorded_config(recorded)
-        new = cfg.model_dump(mode="json")
-        changed = [k for k in PINNED if old.get(k) != new.get(k)]
-        if changed:
-            raise OsrmError(
-                f"{run_dir} holds a run made with a different '{changed[0]}' section; use another "
-                "run_dir or delete it (only the merge section may change between runs)"
-            )
+    check_recorded(cfg, run_dir)
     for entry in cfg.tasks:
         if isinstance(entry, str):
             try:
                 get_task(entry)
             except OsrmError as e:
                 raise OsrmError(f"{config}: tasks: {e}") from None
-    resolve_model(cfg.model.name)
+    check_model(cfg)
     for task in cfg.task_names:  # cached: the stages reuse what is loaded here
-        load_task(task_spec(cfg, task), "train", seed=cfg.seed)
+        check_splits(cfg, task)
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(recorded, dump_config(cfg))  # the main process writes it
+    lock_run_dir(run_dir)  # the main process: held for the whole command
+    if distributed.is_main():
+        check_recorded(cfg, run_dir)  # written by another process since the check above?
+    write_text(run_path(run_dir, "config.yaml"), dump_config(cfg))  # the main process writes it
     distributed.barrier()
     torch.manual_seed(cfg.seed)
     return cfg
+
+
+def release(cfg: ExperimentConfig) -> None:
+    """Unlock the run directory taken by :func:`prepare`."""
+    unlock_run_dir(Path(cfg.run_dir))
+
+
+def check_recorded(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """A run directory's ``config.yaml``, if any, was made with the same pinned sections."""
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        return
+    old = recorded_config(recorded)
+    new = cfg.model_dump(mode="json")
+    changed = [k for k in PINNED if old.get(k) != new.get(k)]
+    if changed:
+        raise OsrmError(
+            f"{run_dir} holds a run made with a different '{changed[0]}' section; use another "
+            "run_dir or delete it (only the merge section may change between runs)"
+        )
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """The device exists, and the model's skeleton (its config on the meta device, no weights)
+    has the target modules, with an input dimension of at least ``lora.rank``."""
+    resolve_device(cfg.model.device)
+    name = cfg.model.name
+    path = resolve_model(name)
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise OsrmError(
+            f"model.name {name!r}: {path} has no *.safetensors weights; osrm loads weights from "
+            "safetensors only (pickle files such as pytorch_model.bin can run code when loaded)"
+        )
+    remote = cfg.model.trust_remote_code
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(
+                model_config, trust_remote_code=remote
+            )
+    except (OSError, ValueError) as e:
+        raise load_error(name, path, e) from None
+    try:
+        check_rank(cfg, skeleton)
+    except OsrmError as e:
+        raise OsrmError(f"lora.target_modules: {e}" if "matches" in str(e) else str(e)) from None
+
+
+def check_splits(cfg: ExperimentConfig, task: str) -> None:
+    """The splits the run uses (train; ``eval.split``) have examples."""
+    sizes = task_sizes(task_spec(cfg, task), seed=cfg.seed)
+    for split in dict.fromkeys(("train", cfg.eval.split)):
+        if sizes[split] == 0:
+            hint = "add rows" if split == "train" else f"give a {split} file or raise its fraction"
+            raise OsrmError(
+                f"tasks: task {task!r} has no {split} examples (splits: "
+                f"{', '.join(f'{k} {v}' for k, v in sizes.items())}); {hint}"
+            )
 
 
 def recorded_config(path: Path) -> dict:
     """A run directory's ``config.yaml`` with today's defaults filled in, so that a setting added
     by a later osrm version does not make an older run look different; as written if it no longer
     parses."""
-    old = yaml.safe_load(path.read_text()) or {}
+    old = read_yaml(path, "the run's recorded config")
     try:
         return parse_config(old, str(path)).model_dump(mode="json")
     except OsrmError:
         return old
-
-
-def check_run_dir(run_dir: Path) -> None:
-    """A run directory is new, empty, or one of ours (it has ``config.yaml``).
-
-    Hidden entries do not count: they are temporary files of an atomic write (``config.yaml``
-    being written by another process of the same launch, or left by a killed run).
-    """
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OsrmError(f"run_dir {run_dir}: exists and is not a directory")
-    visible = run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir())
-    if visible and not (run_dir / "config.yaml").is_file():
-        raise OsrmError(
-            f"run_dir {run_dir}: exists, is not empty and holds no osrm run (no config.yaml); "
-            "choose a new or empty directory"
-        )
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -149,7 +192,7 @@ def discard_unverified_adapters(cfg: ExperimentConfig, run_dir: Path) -> None:
     """
     for init in cfg.lora.inits:
         for task in cfg.task_names:
-            path = run_dir / "adapters" / init / task
+            path = run_path(run_dir, "adapters", init, task)
             problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
             if problem:
                 log.warning("adapter %s/%s: %s; training it again", init, task, problem)
@@ -163,7 +206,9 @@ def statistics(cfg: ExperimentConfig) -> tuple[TaskStats, dict[str, StatsMeta], 
     check_rank(cfg, model)
     stats, metas = stats_stage(cfg, run_dir, model, tokenizer)
     summary = subspace_stage(cfg, stats, metas)
-    write_json(run_dir / "subspace_report.json", {"osrm_version": __version__, "modes": summary})
+    write_json(
+        run_path(run_dir, "subspace_report.json"), {"osrm_version": __version__, "modes": summary}
+    )
     d_in = next(iter(next(iter(stats.values())).values())).d_in
     return stats, metas, subspace_table(summary, (cfg.lora.rank, d_in))
 
@@ -176,6 +221,13 @@ def run(
     if until not in stages:
         raise OsrmError(f"until {until!r}: expected one of {list(stages)}")
     cfg = prepare(config, overrides)
+    try:
+        return _stages(cfg, until)
+    finally:
+        release(cfg)
+
+
+def _stages(cfg: ExperimentConfig, until: str) -> dict:
     run_dir = Path(cfg.run_dir)
     stats, metas, table = statistics(cfg)
     out: dict = {"cfg": cfg, "run_dir": run_dir, "subspace_table": table}
@@ -188,10 +240,10 @@ def run(
     out["adapters"] = adapters
     if until == "train":
         return out
-    stats_paths = {t: run_dir / "stats" / f"{t}.safetensors" for t in cfg.task_names}
+    stats_paths = {t: run_path(run_dir, "stats", f"{t}.safetensors") for t in cfg.task_names}
     results = eval_stage(cfg, run_dir, adapters, stats_paths)
     matrices = interference_stage(cfg, adapters, stats)
-    write_json(run_dir / "interference.json", matrices)
+    write_json(run_path(run_dir, "interference.json"), matrices)
     out.update(results=results, interference=matrices)
     if until == "eval":
         return out

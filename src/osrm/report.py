@@ -17,6 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pydantic import TypeAdapter, ValidationError
+
+from osrm.atomic import read_json, read_jsonl
 from osrm.errors import OsrmError
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ def hp_string(hp: Mapping[str, object]) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(hp.items()))
 
 
+_RESULT = TypeAdapter(Result)
+
+
 def read_results(path: str | Path) -> list[Result]:
     """All results of a ``results.jsonl`` (missing file: none).
 
@@ -59,24 +65,41 @@ def read_results(path: str | Path) -> list[Result]:
     Raises:
         OsrmError: a complete line that is not a result, naming the file and line.
     """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    *lines, partial = path.read_bytes().split(b"\n")
     results = []
-    for number, raw in enumerate(lines, 1):
-        if not raw.strip():
-            continue
+    for number, data in read_jsonl(path, "result"):
         try:
-            results.append(Result(**json.loads(raw.decode("utf-8"))))
-        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            result = _RESULT.validate_python(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "line"
             raise OsrmError(
-                f"{path}:{number}: not a result line ({type(e).__name__}); delete that line and "
-                "re-run to compute it again"
+                f"{path}:{number}: not a result line ({field}: {err['msg']}); delete that line "
+                "and re-run to compute it again"
             ) from None
-    if partial.strip():
-        log.warning("%s: ignoring an incomplete last line (an interrupted write)", path)
+        if result.kind not in KINDS:
+            raise OsrmError(
+                f"{path}:{number}: not a result line (kind {result.kind!r}, expected one of "
+                f"{list(KINDS)}); delete that line and re-run to compute it again"
+            )
+        results.append(result)
     return results
+
+
+_MATRICES = TypeAdapter(dict[str, dict[str, dict[str, float]]])
+
+
+def read_interference(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
+    """``interference.json``: init -> adapter -> task -> ratio, checked."""
+    data = read_json(path, "interference matrices")
+    try:
+        return _MATRICES.validate_python(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise OsrmError(
+            f"{path}: not interference matrices (at {where}: {err['msg']}); delete it and re-run "
+            "`osrm eval` to compute it again"
+        ) from None
 
 
 def _drop_partial_line(path: Path) -> None:
@@ -88,11 +111,18 @@ def _drop_partial_line(path: Path) -> None:
 
 
 def append_results(path: str | Path, results: Iterable[Result]) -> None:
-    """Append results as JSON lines, one write each, flushed (a kill loses at most one line)."""
+    """Append results as JSON lines, one write each, flushed (a kill loses at most one line).
+
+    Idempotent: a result whose (key, task) is already in the file is not appended again.
+    """
     path = Path(path)
     _drop_partial_line(path)
+    done = {(r.key, r.task) for r in read_results(path)}
     with open(path, "a") as f:
         for r in results:
+            if (r.key, r.task) in done:
+                continue
+            done.add((r.key, r.task))
             f.write(json.dumps(asdict(r)) + "\n")
             f.flush()
         os.fsync(f.fileno())

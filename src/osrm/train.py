@@ -22,13 +22,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from osrm import distributed
 from osrm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from osrm.config import TrainSection
 from osrm.errors import OsrmError
+from osrm.progress import tqdm
 
 log = logging.getLogger(__name__)
 

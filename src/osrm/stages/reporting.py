@@ -11,6 +11,7 @@ from osrm import __version__
 from osrm.config import ExperimentConfig, dump_config
 from osrm.plots import plot_best_bars, plot_interference, plot_scale_curves
 from osrm.report import Result, csv_table, markdown_table, results_table, table_columns
+from osrm.rundir import run_path
 from osrm.stages.common import write_text
 from osrm.stages.evaluation import summarise_interference
 
@@ -97,14 +98,18 @@ def report_stage(
     tasks = cfg.task_names
     rows = results_table(results, tasks)
     images = [
-        plot_scale_curves(rows, run_dir / "plot_scale.png"),
-        plot_best_bars(rows, tasks, run_dir / "plot_best.png"),
+        plot_scale_curves(rows, run_path(run_dir, "plot_scale.png")),
+        plot_best_bars(rows, tasks, run_path(run_dir, "plot_best.png")),
     ]
     if matrices:
-        images.append(plot_interference(matrices, run_dir / "plot_interference.png"))
+        images.append(plot_interference(matrices, run_path(run_dir, "plot_interference.png")))
     paths = {
-        "markdown": write_text(run_dir / "results.md", markdown_report(cfg, rows, matrices)),
-        "csv": write_text(run_dir / "results.csv", csv_table(rows, table_columns(tasks))),
-        "html": write_text(run_dir / "report.html", html_report(cfg, rows, matrices, images)),
+        "markdown": write_text(
+            run_path(run_dir, "results.md"), markdown_report(cfg, rows, matrices)
+        ),
+        "csv": write_text(run_path(run_dir, "results.csv"), csv_table(rows, table_columns(tasks))),
+        "html": write_text(
+            run_path(run_dir, "report.html"), html_report(cfg, rows, matrices, images)
+        ),
     }
     return {"rows": rows, "paths": paths, "images": images}

@@ -17,6 +17,7 @@ from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
 from osrm.manifest import seal_files, verify_file
 from osrm.report import markdown_table
+from osrm.rundir import run_path
 from osrm.stages.common import TaskStats, task_spec
 from osrm.stats import (
     StatsMeta,
@@ -44,7 +45,7 @@ def stats_stage(
     fingerprint = weight_fingerprint(model, names)
     stats_by_task, metas = {}, {}
     for task in cfg.task_names:
-        path = run_dir / "stats" / f"{task}.safetensors"
+        path = run_path(run_dir, "stats", f"{task}.safetensors")
         data = load_task(
             task_spec(cfg, task), "train", seed=cfg.seed, max_examples=cfg.stats.examples
         )

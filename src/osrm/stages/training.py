@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -13,9 +14,12 @@ from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
 from osrm.data import batches, encode
+from osrm.rundir import run_path
 from osrm.stages.common import TaskStats, load_base, lora_config, run_fingerprint, task_spec
 from osrm.stats import (
     StatsMeta,
+    find_target_modules,
+    module_fingerprints,
     stats_digest,
 )
 from osrm.subspace import osrm_bases
@@ -84,7 +88,7 @@ def adapter_stage(
     digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
     for init in cfg.lora.inits:
         for task in cfg.task_names:
-            path = run_dir / "adapters" / init / task
+            path = run_path(run_dir, "adapters", init, task)
             prov = provenance(cfg, init, task, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
             if finished_adapter(path, expected):
@@ -122,6 +126,9 @@ def train_task(
     spec = task_spec(cfg, task)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg, spec.num_labels)
+    if provenance is not None:  # per-module base hashes (not part of the run fingerprint)
+        targets = find_target_modules(model, cfg.lora.target_modules)
+        provenance = replace(provenance, base_fingerprints=module_fingerprints(model, targets))
     init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
     freeze_a = provenance.freeze_a if provenance else cfg.train.freeze_a
     peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=freeze_a)
