@@ -259,7 +259,9 @@ def test_regmean_from_statistics_files(tmp_path):
         deltas = torch.stack([s[key] for s in sources])
         expected = METHODS["regmean"](deltas, torch.tensor([1.0, 2.0]), grams=grams, alpha=0.8)
         torch.testing.assert_close(delta, expected)
-    same = merge_adapters(paths, "regmean", [1.0, 2.0], stats=[stats[0], stats[0]])
+    # files are matched to adapters by task: one file twice is refused, so the same Grams for
+    # both tasks are passed as plain mappings (no metadata: taken in order)
+    same = merge_adapters(paths, "regmean", [1.0, 2.0], stats=[loaded[0], loaded[0]])
     average = merge_adapters(paths, "weight_average", [1.0, 2.0])
     for key in same:
         torch.testing.assert_close(same[key], average[key], rtol=1e-4, atol=1e-6)
@@ -382,7 +384,7 @@ def test_manifest_records_effective_seed_and_statistics(tmp_path):
     out = save_merged_model(make_tiny_bert(), paths, tmp_path / "rm", "regmean", stats=stats)
     manifest = read_manifest(out)
     assert [s["sha256"] for s in manifest["stats"]] == [file_sha256(p) for p in stats]
-    assert manifest["hyperparameters"] == {"alpha": 0.9, "scale": 1.0}
+    assert manifest["hyperparameters"] == {"alpha": 0.9, "scale": 1.0, "gram": "mean"}
     with pytest.raises(OsrmError, match="tasks with a head"):
         save_merged_adapter(paths, tmp_path / "x", "task_arithmetic", head="nope")
     with pytest.raises(OsrmError, match="no head saved"):

@@ -6,7 +6,14 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from conftest import make_tiny_bert, synthetic_batches
-from osrm.merging import apply_deltas, full_deltas, gram_lookup, merge_deltas, save_merged_model
+from osrm.merging import (
+    apply_deltas,
+    full_deltas,
+    gram_lookup,
+    merge_deltas,
+    read_manifest,
+    save_merged_model,
+)
 from osrm.stats import collect_stats
 
 QUERY = "bert.encoder.layer.0.attention.self.query.weight"
@@ -63,8 +70,10 @@ def test_merge_full_fine_tunes_into_a_dense_backbone(tmp_path):
     model = AutoModelForSequenceClassification.from_pretrained(out)
     reference = make_tiny_bert()
     apply_deltas(reference, merge_deltas(sources, "ties", density=0.5))
+    head = sources[0].heads()  # the dense output carries the first task's trained head
+    assert head and read_manifest(out)["model_head"] == "a"
     for name, param in reference.named_parameters():
-        assert torch.equal(model.get_parameter(name), param), name
+        assert torch.equal(model.get_parameter(name), head.get(name, param)), name
 
 
 def test_regmean_on_full_fine_tunes_averages_parameters_without_statistics():

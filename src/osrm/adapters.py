@@ -7,7 +7,9 @@ No new peft type: the initialisation lives in the weights, so a saved adapter lo
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from torch import Tensor, nn
 from osrm import __version__
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
+from osrm.guards import check_finite, share_modes
 from osrm.manifest import seal_dir, verify_dir
 from osrm.safety import ADAPTER_WEIGHTS, require_safetensors
 
@@ -41,7 +44,10 @@ class Provenance:
     mode: str | None = None  # cov | mean | contrast
     options: dict = field(default_factory=dict)
     stats_digests: dict = field(default_factory=dict)  # task -> statistics content hash
-    base_fingerprint: str | None = None
+    base_fingerprint: str | None = None  # hash of all target modules' base weights together
+    # target module -> hash of its base weights (osrm.stats.module_fingerprints): adapters with
+    # different target modules are compared on the modules they share
+    base_fingerprints: dict = field(default_factory=dict, repr=False)  # not in run fingerprints
     freeze_a: bool = False
     osrm_version: str = __version__
 
@@ -124,6 +130,8 @@ def save_adapter(
     complete and verifiable or absent.
     """
     out_dir = Path(out_dir)
+    trained = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
+    check_finite(trained, f"trained adapter ({out_dir})")  # a diverged run is never saved
     with atomic_dir(out_dir) as tmp:
         peft_model.save_pretrained(str(tmp), safe_serialization=True)
         _sort_set_fields(tmp / "adapter_config.json", peft_model)
@@ -131,6 +139,7 @@ def save_adapter(
             (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
         if record is not None:
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        share_modes(tmp)
         seal_dir(tmp)
     return out_dir
 
@@ -177,12 +186,24 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> PeftModel:
         if problem:
             raise OsrmError(problem)
     try:
-        return PeftModel.from_pretrained(model, str(adapter_dir))
+        with quiet_peft():
+            return PeftModel.from_pretrained(model, str(adapter_dir))
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         text = " ".join(str(e).split())
         raise OsrmError(
             f"{adapter_dir}: peft cannot load this adapter onto the base model ({text[:300]})"
         ) from None
+
+
+@contextmanager
+def quiet_peft() -> Iterator[None]:
+    """Silence the library warnings (transformers' FutureWarning, peft's UserWarning) printed
+    while peft loads an adapter: on the command line they would precede the one error line,
+    and they are about library internals the user cannot act on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        yield
 
 
 def load_provenance(adapter_dir: str | Path) -> Provenance | None:

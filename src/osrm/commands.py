@@ -6,7 +6,6 @@ These take parsed command-line arguments and touch paths; the work is done by li
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -17,20 +16,21 @@ from osrm.adapters import load_adapter
 from osrm.config import load_config
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
-from osrm.heads import head_outputs
+from osrm.heads import head_outputs, swap_head
 from osrm.merging import (
     MANIFEST_FILE,
     get_method,
     load_adapters,
-    load_head,
     lora_deltas,
     read_manifest,
     save_merged_adapter,
     save_merged_model,
     validate_hyperparameters,
 )
+from osrm.merging.heads import read_head
 from osrm.models import load_model, resolve_model
-from osrm.report import read_results
+from osrm.report import read_interference, read_results
+from osrm.rundir import run_dir_locked
 from osrm.safety import require_safetensors
 from osrm.stages.reporting import report_stage
 from osrm.tasks import get_task
@@ -52,6 +52,8 @@ def resolve_adapter(name: str) -> str:
 
 def _hyperparameters(args: argparse.Namespace) -> dict:
     hp = {k: getattr(args, k) for k in ("scale", "density", "seed") if getattr(args, k) is not None}
+    if getattr(args, "normalize", False):  # TIES/DARE-TIES: mergekit's weighted disjoint mean
+        hp["normalize"] = True
     for item in args.hp:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -104,8 +106,8 @@ def merge(args: argparse.Namespace) -> dict:
     base = args.base or sources[0].base_model
     if not base:
         raise OsrmError(f"{dirs[0]}: adapter_config.json names no base model; pass --base")
-    heads = sources[0].heads()
-    model, tokenizer = load_model(base, head_outputs(heads) if heads else 2)
+    # the head drawn here is replaced by the first task's trained head before anything is saved
+    model, _ = load_model(base, 2)
     save_merged_model(model, sources, out, args.method, args.weights, **common)
     return {
         "output": str(out),
@@ -129,24 +131,58 @@ def eval_one(args: argparse.Namespace) -> dict:
         model, tokenizer = load_model(base, spec.num_labels)
         model = load_adapter(model, adapter).eval()
     else:
-        manifest = read_manifest(args.merged)
-        if args.task not in manifest.get("heads", {}):
-            heads = sorted(manifest.get("heads", {}))
-            raise OsrmError(f"{args.merged}: no head for task {args.task!r}; heads: {heads}")
-        base = args.base or manifest.get("base_model")
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForSequenceClassification.from_pretrained(
-            args.merged, num_labels=spec.num_labels, use_safetensors=True
-        )
-        model.config.pad_token_id = tokenizer.pad_token_id
-        load_head(model, args.merged, args.task)
+        model, tokenizer = load_merged(args.merged, args.task, args.base)
     scores = evaluate(
         model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
         batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
     )  # fmt: skip
     return {"task": args.task, "split": args.split, **scores}
+
+
+def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple:
+    """A merged output of ``osrm merge`` ready to score ``task``: (model, tokenizer).
+
+    Dense: ``from_pretrained`` of the folder (its ``model.safetensors`` carries the first
+    task's head), then ``task``'s head swapped in. LoRA: the base model, the merged adapter
+    through ``PeftModel.from_pretrained`` (folded into the weights), then ``task``'s head.
+    The tokenizer is the base model's (``--base``, else ``base_model`` of ``osrm_merge.json``).
+    """
+    manifest = read_manifest(merged)
+    heads = manifest.get("heads") or {}
+    if task not in heads:
+        raise OsrmError(f"{merged}: no head for task {task!r}; heads: {sorted(heads)}")
+    head = read_head(merged, task)  # a corrupt head fails here, before any model loads
+    base = base or manifest.get("base_model")
+    if not base:
+        raise OsrmError(
+            f"{Path(merged) / MANIFEST_FILE}: names no base_model (adapters of different or "
+            "unnamed bases); pass --base"
+        )
+    if manifest.get("output") == "lora":
+        inside = manifest.get("adapter_head")
+        outputs = head_outputs(read_head(merged, inside)) if inside else head_outputs(head)
+        model, tokenizer = load_model(base, outputs)
+        model = load_adapter(model, merged).merge_and_unload()
+    else:
+        tokenizer = load_model_tokenizer(base)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(merged), use_safetensors=True
+            )
+        except (OSError, ValueError) as e:
+            text = " ".join(str(e).split())[:300]
+            raise OsrmError(f"{merged}: cannot load the merged model ({text})") from None
+        model.config.pad_token_id = tokenizer.pad_token_id
+    swap_head(model, head)
+    return model.eval(), tokenizer
+
+
+def load_model_tokenizer(base: str):
+    """The base model's tokenizer, with ``pad = eos`` for decoders that have no pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def report(run_dir: str | Path) -> dict:
@@ -162,5 +198,6 @@ def report(run_dir: str | Path) -> dict:
             f"{run_dir}/results.jsonl: no results yet; run `osrm run` or `osrm eval` first"
         )
     inter = run_dir / "interference.json"
-    matrices = json.loads(inter.read_text()) if inter.is_file() else {}
-    return report_stage(cfg, run_dir, results, matrices)["paths"]
+    matrices = read_interference(inter) if inter.is_file() else {}
+    with run_dir_locked(run_dir):
+        return report_stage(cfg, run_dir, results, matrices)["paths"]

@@ -8,13 +8,14 @@ import numpy as np
 import torch
 from datasets import Dataset
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from osrm import distributed
 from osrm.data import batches, encode
 from osrm.errors import OsrmError
+from osrm.guards import check_finite
 from osrm.metrics import compute_metrics
+from osrm.progress import tqdm
 from osrm.tasks import TaskSpec, get_task, load_task
 
 
@@ -40,6 +41,8 @@ def predict(
             for batch in bar:
                 inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
                 logits = model(**inputs).logits.float()
+                if not bool(torch.isfinite(logits).all()):  # e.g. an activation overflow
+                    raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
                 if regression and logits.shape[-1] != 1:
                     raise OsrmError(f"regression task but the head has {logits.shape[-1]} outputs")
                 preds.append(logits[:, 0] if regression else logits.argmax(-1))
@@ -77,6 +80,8 @@ def evaluate(
         metric name -> value, e.g. ``{"accuracy": 0.9, "f1": 0.85}``.
     """
     spec = get_task(task)
+    # a merge that overflowed gives Inf/NaN weights: no score is ever computed from them
+    check_finite(model.named_parameters(), "model weights (not scored)")
     if data is None:
         data = load_task(spec, split, seed=seed, max_examples=max_examples)
     if len(data) == 0:

@@ -40,27 +40,110 @@ def adapter_head(adapter_dir: str | Path) -> dict[str, Tensor]:
 
 @contextmanager
 def use_head(model: nn.Module, head: Mapping[str, Tensor]) -> Iterator[nn.Module]:
-    """Temporarily replace the named head parameters of a plain transformers model.
+    """Temporarily put ``head`` on a model (a transformers model or a ``PeftModel``).
 
     Shapes may differ from the current head (tasks with other numbers of labels): parameters
-    are swapped, not copied into, and restored on exit.
+    are swapped, not copied into, and the config's label fields follow; both are restored on
+    exit.
     """
-    saved = {}
+    saved: list[tuple[nn.Module, str, nn.Parameter]] = []
+    labels = _label_fields(model)
     try:
-        for name, value in head.items():
-            module_name, _, param_name = name.rpartition(".")
-            try:
-                module = model.get_submodule(module_name)
-                old = getattr(module, param_name)
-            except AttributeError:
-                raise OsrmError(f"head parameter {name!r} does not exist in the model") from None
-            saved[name] = (module, param_name, old)
-            new = value.to(device=old.device, dtype=old.dtype)
-            setattr(module, param_name, nn.Parameter(new, requires_grad=False))
+        saved = swap_head(model, head)
         yield model
     finally:
-        for module, param_name, old in saved.values():
+        for module, param_name, old in reversed(saved):
             setattr(module, param_name, old)
+        _restore_label_fields(model, labels)
+
+
+def swap_head(model: nn.Module, head: Mapping[str, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
+    """Replace the named head parameters of ``model`` (in place), whatever their shapes.
+
+    The one mechanism behind :func:`use_head` (temporary) and
+    :func:`osrm.merging.load_head` (permanent). Inside a ``PeftModel`` the parameter of the
+    trained ``modules_to_save`` copy is replaced. ``config.num_labels`` (with ``id2label`` /
+    ``label2id``), ``model.num_labels`` and ``config.problem_type`` (``regression`` for one
+    output) are set from the head's outputs.
+
+    Returns:
+        (module, parameter name, previous parameter) per head tensor, to undo the swap.
+    """
+    targets = []
+    for name in head:  # resolve every name first: a bad head changes nothing
+        module_name, _, param_name = name.rpartition(".")
+        module = _head_module(model, module_name)
+        if module is None or not isinstance(getattr(module, param_name, None), Tensor):
+            raise OsrmError(f"head parameter {name!r} does not exist in the model")
+        targets.append((module, param_name, getattr(module, param_name), head[name]))
+    saved = []
+    for module, param_name, old, value in targets:
+        new = value.detach().to(device=old.device, dtype=old.dtype).clone()
+        setattr(module, param_name, nn.Parameter(new, requires_grad=False))
+        saved.append((module, param_name, old))
+    if head:
+        set_num_labels(model, head_outputs(head))
+    return saved
+
+
+def _head_module(model: nn.Module, dotted: str) -> nn.Module | None:
+    """The module at ``dotted`` (a base-model name); inside a ``PeftModel``, the active copy of
+    a ``modules_to_save`` wrapper met on the way (peft's forward uses that copy)."""
+    module = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for part in dotted.split(".") if dotted else []:
+        module = getattr(_active_copy(module), part, None)
+        if not isinstance(module, nn.Module):
+            return None
+    return _active_copy(module)
+
+
+def _active_copy(module: nn.Module) -> nn.Module:
+    copies = getattr(module, "modules_to_save", None)
+    if not isinstance(copies, nn.ModuleDict) or not hasattr(module, "original_module"):
+        return module
+    active = getattr(module, "active_adapter", None)
+    active = active[0] if isinstance(active, (list, tuple)) and active else active
+    return copies[active] if active in copies else next(iter(copies.values()))
+
+
+def _config_owner(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def set_num_labels(model: nn.Module, n: int) -> None:
+    """Make the config (and ``model.num_labels``) describe a head with ``n`` outputs."""
+    inner = _config_owner(model)
+    config = getattr(inner, "config", None)
+    if config is None:
+        return
+    if config.num_labels != n:  # transformers redraws id2label/label2id for the new count
+        config.num_labels = n
+    config.problem_type = "regression" if n == 1 else "single_label_classification"
+    if hasattr(inner, "num_labels"):
+        inner.num_labels = n
+
+
+_LABEL_FIELDS = ("id2label", "label2id", "problem_type")
+
+
+def _label_fields(model: nn.Module) -> dict:
+    inner = _config_owner(model)
+    config = getattr(inner, "config", None)
+    if config is None:
+        return {}
+    saved = {k: getattr(config, k, None) for k in _LABEL_FIELDS}
+    saved["num_labels"] = getattr(inner, "num_labels", None)
+    return saved
+
+
+def _restore_label_fields(model: nn.Module, saved: Mapping) -> None:
+    inner = _config_owner(model)
+    if not saved:
+        return
+    for key in _LABEL_FIELDS:
+        setattr(inner.config, key, saved[key])
+    if saved["num_labels"] is not None:
+        inner.num_labels = saved["num_labels"]
 
 
 def head_outputs(head: Mapping[str, Tensor]) -> int:
@@ -69,4 +152,4 @@ def head_outputs(head: Mapping[str, Tensor]) -> int:
     return int(last.shape[0])
 
 
-__all__ = ["adapter_head", "head_outputs", "use_head"]
+__all__ = ["adapter_head", "head_outputs", "set_num_labels", "swap_head", "use_head"]

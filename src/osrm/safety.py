@@ -17,10 +17,19 @@ from osrm.errors import OsrmError
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+MAX_NAME = 128
 
 
 def check_name(name: object, field: str) -> str:
-    """``name`` if it is usable as one file name inside the run directory, else OsrmError."""
+    """``name`` if it is usable as one file name inside the run directory, else OsrmError.
+
+    The one rule for every name that becomes a file or folder name (task names, merge
+    settings, the task of an adapter's provenance): no NUL or other control characters, no
+    path separators, at most ``MAX_NAME`` characters (file systems allow 255 bytes, and
+    names get suffixes such as ``.safetensors``).
+    """
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        raise OsrmError(f"{field} {name[:20]!r}...: {len(name)} characters, at most {MAX_NAME}")
     if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
         raise OsrmError(
             f"{field} {name!r}: expected a file-name-safe name (letters, digits, _ . , = + -, "

@@ -32,6 +32,13 @@ def prepare(deltas: Tensor, weights: Tensor, scale: float) -> tuple[Tensor, Tens
     return x, weights.to(x.dtype)
 
 
+def check_flag(name: str, value: object) -> bool:
+    """``value`` if it is a bool (``true``/``false`` on the command line), else OsrmError."""
+    if not isinstance(value, bool):
+        raise OsrmError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise OsrmError(f"{name} {value!r} is not valid; expected one of {list(valid)}")

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from osrm.errors import OsrmError
 from osrm.manifest import file_sha256
-from osrm.safety import require_safetensors
+from osrm.safety import check_name, require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +146,11 @@ class LoraDeltas(Mapping[str, Tensor]):
             raise OsrmError(f"{self.weights_file}: {key}: expected 2-D lora_A/lora_B .weight pairs")
         rank, d_in = shape_a
         d_out = shape_b[0]
+        if rank == 0:
+            raise OsrmError(
+                f"{self.weights_file}: {module}: lora_A has rank 0 (shape {shape_a}); "
+                "a LoRA adapter needs rank r >= 1"
+            )
         if shape_b[1] != rank:
             raise OsrmError(
                 f"{self.weights_file}: {module}: lora_B {shape_b} does not match lora_A {shape_a}"
@@ -252,9 +257,11 @@ class LoraDeltas(Mapping[str, Tensor]):
         prov = self.path / "osrm_provenance.json"
         if prov.is_file():
             try:
-                return str(json.loads(prov.read_text())["task"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass
+                name = json.loads(prov.read_text())["task"]
+            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                name = None
+            if name is not None:  # it names files (heads/<task>.safetensors): one rule for all
+                return check_name(name, f"{prov}: 'task'")
         return self.path.resolve().name
 
     def __repr__(self) -> str:

@@ -34,29 +34,61 @@ def load_adapters(adapter_dirs: Sequence[str | Path], validate: bool = True) -> 
     return sources
 
 
-def _fingerprint(source: LoraDeltas) -> str | None:
+def provenance_of(source: LoraDeltas) -> dict:
+    """The adapter's ``osrm_provenance.json`` as a dict ({} for adapters not made by osrm)."""
     prov = source.path / "osrm_provenance.json"
     try:
-        return json.loads(prov.read_text()).get("base_fingerprint") if prov.is_file() else None
-    except json.JSONDecodeError:
+        data = json.loads(prov.read_text()) if prov.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise OsrmError(f"{prov}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise OsrmError(f"{prov}: expected a JSON object")
+    return data
+
+
+def _modules(source: LoraDeltas) -> frozenset[str]:
+    return frozenset(name.removesuffix(".weight") for name in source)
+
+
+def base_difference(a: LoraDeltas, b: LoraDeltas) -> str | None:
+    """Why two osrm adapters cannot share a base model, from their recorded base weight hashes.
+
+    Per-module hashes (provenance ``base_fingerprints``) are compared on the modules both
+    adapters target; the older single hash (``base_fingerprint``, over all targeted weights)
+    only when both target the same modules (other targets give another hash of the same base).
+    """
+    pa, pb = provenance_of(a), provenance_of(b)
+    ma, mb = pa.get("base_fingerprints") or {}, pb.get("base_fingerprints") or {}
+    if isinstance(ma, dict) and isinstance(mb, dict) and ma and mb:
+        for module in sorted(ma.keys() & mb.keys()):
+            if ma[module] != mb[module]:
+                return (
+                    f"module {module!r} has different base weights (fingerprint "
+                    f"{mb[module]!r}; {a.path} has {ma[module]!r})"
+                )
         return None
+    fa, fb = pa.get("base_fingerprint"), pb.get("base_fingerprint")
+    if fa and fb and fa != fb and _modules(a) == _modules(b):
+        return (
+            f"the target modules have different base weights (base_fingerprint {fb!r}; "
+            f"{a.path} has {fa!r})"
+        )
+    return None
 
 
 def check_same_base(sources: Sequence[LoraDeltas]) -> None:
     """Raise :class:`OsrmError` unless all adapters plausibly share one base model."""
     first = sources[0]
     for other in sources[1:]:
-        checks = (
-            ("base_model_name_or_path", lambda s: s.base_model),
-            ("osrm base_fingerprint", _fingerprint),
-        )
-        for label, get in checks:
-            a, b = get(first), get(other)
-            if a is not None and b is not None and a != b:
-                raise OsrmError(
-                    f"{other.path}: {label} is {b!r} but {first.path} has {a!r}; "
-                    "adapters must come from the same base model"
-                )
+        a, b = first.base_model, other.base_model
+        if a is not None and b is not None and a != b:
+            raise OsrmError(
+                f"{other.path}: base_model_name_or_path is {b!r} but {first.path} has {a!r}; "
+                "adapters must come from the same base model"
+            )
+        why = base_difference(first, other)
+        if why is not None:
+            raise OsrmError(f"{other.path}: {why}; adapters must come from the same base model")
         if other.fan_in_fan_out != first.fan_in_fan_out:
             raise OsrmError(f"{other.path}: fan_in_fan_out differs from {first.path}")
     seen: dict[str, tuple[tuple[int, int], Path]] = {}

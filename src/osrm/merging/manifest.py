@@ -18,6 +18,7 @@ from osrm.manifest import verify_dir
 from osrm.merging.deltas import LoraDeltas, file_sha256
 from osrm.merging.loading import coverage_gaps
 from osrm.merging.methods import RANDOM_METHODS, hyperparameters
+from osrm.safety import check_name
 from osrm.stats import stats_digest
 
 MANIFEST_FILE = "osrm_merge.json"
@@ -64,9 +65,8 @@ def task_names(sources: Sequence[Mapping[str, Tensor]], tasks: Sequence[str] | N
             raise OsrmError(f"tasks: expected {len(sources)} names (one per task vector)")
     else:
         names = [getattr(s, "task", None) or f"task{i}" for i, s in enumerate(sources)]
-    for name in names:
-        if not name or "/" in name or "\\" in name or name.startswith("."):
-            raise OsrmError(f"task name {name!r} cannot be used as a file name")
+    for name in names:  # each becomes heads/<task>.safetensors
+        check_name(name, "--tasks name" if tasks is not None else "task name")
     if len(set(names)) != len(names):
         names = [f"{i}_{n}" for i, n in enumerate(names)]  # two adapters from same-named dirs
     return names

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +16,7 @@ from torch import Tensor
 
 from osrm.errors import OsrmError
 from osrm.merging.deltas import LoraDeltas
-from osrm.merging.loading import coverage_gaps, load_adapters
+from osrm.merging.loading import coverage_gaps, load_adapters, provenance_of
 from osrm.merging.methods import (
     RANDOM_METHODS,
     check_hyperparameters,
@@ -28,7 +28,6 @@ from osrm.stats import LayerStats, StatsMeta, load_stats
 log = logging.getLogger(__name__)
 
 StatsSource = str | Path | Mapping[str, LayerStats] | tuple[Mapping[str, LayerStats], StatsMeta]
-GramLookup = Callable[[str], Tensor | None]
 
 
 def task_weights(weights: Sequence[float] | Tensor | None, k: int) -> Tensor:
@@ -86,8 +85,9 @@ def iter_merged(
             a name missing from some sources is a zero delta there.
         method: a key of ``METHODS``.
         weights: k task weights (default 1 each).
-        grams: ``regmean`` only: name -> (k, d_in, d_in) Gram matrices, or None for a
-            parameter without statistics (then averaged with ``weight_average``, as in the
+        grams: ``regmean`` only: ``grams(name, gram)`` -> (k, d_in, d_in) Gram matrices
+            (``gram``: the method's ``"mean"`` or ``"sum"``, see :class:`GramLookup`), or None
+            for a parameter without statistics (then averaged with ``weight_average``, as in the
             RegMean paper for non-linear parameters).
         **hp: the method's hyperparameters. For random methods ``seed`` (default 0) is turned
             into one generator per module, seeded from (seed, name); a ``generator`` is used
@@ -114,7 +114,7 @@ def iter_merged(
         if method in RANDOM_METHODS and "generator" not in hp:
             extra["generator"] = torch.Generator().manual_seed(module_seed(seed or 0, name))
         elif method == "regmean":
-            extra["grams"] = grams(name)
+            extra["grams"] = grams(name, hp.get("gram", "mean"))
             if extra["grams"] is None:  # e.g. a LayerNorm of a full fine-tune
                 log.info("%s: no input statistics, averaged with weight_average", name)
                 yield name, weight_average(deltas, w, scale=hp.get("scale", 1.0))
@@ -148,50 +148,117 @@ def _load_one(source: StatsSource) -> tuple[Mapping[str, LayerStats], StatsMeta 
     return source, None, "statistics"
 
 
-def gram_lookup(
-    stats: Sequence[StatsSource], adapters: Sequence[LoraDeltas] | None = None
-) -> GramLookup:
-    """Name ``<module>.weight`` -> (k, d_in, d_in) float64 per-token Gram matrices.
+Loaded = tuple[Mapping[str, LayerStats], StatsMeta | None, str]
 
-    Each G_i = X_iᵀX_i / n_i is task i's mean second moment E[x xᵀ] of the module's inputs,
-    not the raw sum RegMean writes: calibration sample sizes are a tool setting, not a task
-    importance, so every task counts equally (as in OSRM, method.md §3) and task weights stay
-    the only knob; it also keeps α's diagonal shrinkage on the same scale for every task.
 
-    Args:
-        stats: one statistics file (or loaded statistics) per task, in the adapters' order.
-        adapters: if given, every LoRA module must have statistics (else OsrmError), and
-            statistics for a different base model name are rejected.
+def match_stats(
+    loaded: Sequence[Loaded], adapters: Sequence[LoraDeltas], tasks: Sequence[str] | None = None
+) -> list[Loaded]:
+    """Statistics in the adapters' order, matched by identity, never by position.
+
+    Each adapter's task (``tasks``, else its provenance task or folder name) must have exactly
+    one statistics entry whose ``StatsMeta.task`` names it; entries without metadata (plain
+    mappings) are taken in the given order. Then each pair must describe one base model: the
+    same ``base_model`` name, and the same base-weight hash where both record one (the
+    statistics' ``fingerprint`` against the adapter's provenance, for the same module set).
     """
-    loaded = [_load_one(s) for s in stats]
-    if adapters is not None:
-        if len(loaded) != len(adapters):
-            raise OsrmError(f"stats: expected {len(adapters)} entries (one per adapter)")
-        for (_, meta, label), adapter in zip(loaded, adapters, strict=True):
-            if meta and adapter.base_model and meta.base_model != adapter.base_model:
+    names = list(tasks) if tasks is not None else [a.task for a in adapters]
+    if len(loaded) != len(adapters) or len(names) != len(adapters):
+        raise OsrmError(f"stats: expected {len(adapters)} entries (one per adapter)")
+    if all(meta is not None for _, meta, _ in loaded):
+        by_task: dict[str, Loaded] = {}
+        for entry in loaded:
+            if entry[1].task in by_task:
                 raise OsrmError(
-                    f"{label}: statistics of base model {meta.base_model!r}, but adapter "
-                    f"{adapter.path} was trained on {adapter.base_model!r}"
+                    f"{entry[2]}: statistics of task {entry[1].task!r} are given twice "
+                    f"(also {by_task[entry[1].task][2]})"
                 )
+            by_task[entry[1].task] = entry
+        if len(set(names)) != len(names):
+            raise OsrmError(f"tasks {names}: two adapters share a task; name them with --tasks")
+        missing = [t for t in names if t not in by_task]
+        if missing:
+            raise OsrmError(
+                f"stats: no statistics for task {missing[0]!r} (adapter "
+                f"{adapters[names.index(missing[0])].path}); the files are for tasks "
+                f"{sorted(by_task)}"
+            )
+        loaded = [by_task[t] for t in names]
+    for (stats, meta, label), adapter in zip(loaded, adapters, strict=True):
+        if meta is None:
+            continue
+        if adapter.base_model and meta.base_model != adapter.base_model:
+            raise OsrmError(
+                f"{label}: statistics of base model {meta.base_model!r}, but adapter "
+                f"{adapter.path} was trained on {adapter.base_model!r}"
+            )
+        recorded = provenance_of(adapter).get("base_fingerprint")
+        same_modules = set(stats) == {n.removesuffix(".weight") for n in adapter}
+        if recorded and same_modules and meta.fingerprint != recorded:
+            raise OsrmError(
+                f"{label}: statistics of other base weights (fingerprint {meta.fingerprint!r}) "
+                f"than adapter {adapter.path} was trained on ({recorded!r})"
+            )
+    return list(loaded)
 
-    def lookup(name: str) -> Tensor | None:
+
+class GramLookup:
+    """Name ``<module>.weight`` -> (k, d_in, d_in) float64 Gram matrices of k tasks.
+
+    ``lookup(name)`` gives the per-token second moments G_i = X_iᵀX_i / n_i (osrm's default,
+    ``gram="mean"``); ``lookup(name, "sum")`` the raw sums X_iᵀX_i the RegMean paper uses.
+    Per-token means make every task count equally whatever its calibration sample size (a tool
+    setting, not a task importance), as in OSRM (method.md §3), so task weights stay the only
+    knob and α's diagonal shrinkage acts on one scale for every task; raw sums weight task i
+    by its n_i tokens.
+    """
+
+    def __init__(self, loaded: Sequence[Loaded], adapters: Sequence[LoraDeltas] | None):
+        self.loaded = list(loaded)
+        self.adapters = adapters
+
+    def __call__(self, name: str, gram: str = "mean") -> Tensor | None:
         module = name.removesuffix(".weight")
-        found = [s.get(module) for s, _, _ in loaded]
+        found = [s.get(module) for s, _, _ in self.loaded]
         if any(f is None for f in found):
-            if adapters is not None:
-                label = next(lbl for (_, _, lbl), f in zip(loaded, found, strict=True) if f is None)
+            if self.adapters is not None:
+                pairs = zip(self.loaded, found, strict=True)
+                label = next(lbl for (_, _, lbl), f in pairs if f is None)
                 raise OsrmError(f"{label}: no statistics for module {module!r}")
             return None
-        d_in = next((a.shape(name)[1] for a in adapters or () if name in a), found[0].d_in)
-        for (_, _, label), f in zip(loaded, found, strict=True):
+        d_in = next((a.shape(name)[1] for a in self.adapters or () if name in a), found[0].d_in)
+        for (_, _, label), f in zip(self.loaded, found, strict=True):
             if f.d_in != d_in:
                 raise OsrmError(
                     f"{label}: module {module!r} has input dimension {f.d_in}, not {d_in}; "
                     "statistics of another base model?"
                 )
+        if gram == "sum":
+            return torch.stack([f.xtx.double() for f in found])
         return torch.stack([f.xtx.double() / max(f.count, 1) for f in found])
 
-    return lookup
+
+def gram_lookup(
+    stats: Sequence[StatsSource],
+    adapters: Sequence[LoraDeltas] | None = None,
+    tasks: Sequence[str] | None = None,
+) -> GramLookup:
+    """Gram matrices per module for RegMean, from one statistics entry per task.
+
+    Args:
+        stats: one statistics file (or loaded statistics) per task, in any order: files are
+            matched to the adapters by task name and base model (:func:`match_stats`).
+        adapters: if given, every LoRA module must have statistics (else OsrmError), and
+            statistics of another base model (name or weights) are rejected.
+        tasks: the adapters' task names (default: their provenance task or folder name).
+
+    Returns:
+        A :class:`GramLookup`: ``lookup(name)`` per-token means, ``lookup(name, "sum")`` sums.
+    """
+    loaded = [_load_one(s) for s in stats]
+    if adapters is not None:
+        loaded = match_stats(loaded, adapters, tasks)
+    return GramLookup(loaded, adapters)
 
 
 def merge_adapters(

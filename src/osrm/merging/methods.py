@@ -18,7 +18,14 @@ import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
-from osrm.merging.checks import SIGN_METHODS, check_choice, check_fraction, make_generator, prepare
+from osrm.merging.checks import (
+    SIGN_METHODS,
+    check_choice,
+    check_flag,
+    check_fraction,
+    make_generator,
+    prepare,
+)
 from osrm.merging.primitives import (
     disjoint_mean,
     drop_random,
@@ -52,18 +59,25 @@ def ties(
     density: float = 0.2,
     scale: float = 1.0,
     majority_sign: str = "total",
+    normalize: bool = False,
 ) -> Tensor:
     """Trim each task to its top ``density`` by magnitude, elect signs, disjoint mean, × λ.
 
     Yadav et al., "TIES-Merging: Resolving Interference When Merging Models", NeurIPS 2023.
-    The sign is elected on the *weighted* trimmed deltas (a negated task votes with its
-    effective sign); with equal positive weights this is peft's ``ties`` exactly.
+    With task weights w_i, entry by entry: δ_i = w_i · trim(Δ_i); the sign is elected on the
+    *weighted* δ_i (a negated task votes with its effective sign); the result is
+    λ · Σ_agreeing δ_i / #agreeing (``normalize=False``, the default: with equal positive
+    weights this is peft's ``ties`` exactly, and weights act as multipliers), or
+    λ · Σ_agreeing δ_i / Σ_agreeing w_i (``normalize=True``: mergekit's ``normalize: true``,
+    a weighted mean of the agreeing deltas, so a common factor on the weights cancels).
     """
     x, w = prepare(deltas, weights, scale)
     density = check_fraction("density", density)
     check_choice("majority_sign", majority_sign, SIGN_METHODS)
+    check_flag("normalize", normalize)
     trimmed = scale_tasks_(trim_magnitude(x, density), w)
-    return (scale * disjoint_mean(trimmed, elect_sign(trimmed, majority_sign))).to(deltas.dtype)
+    sign = elect_sign(trimmed, majority_sign)
+    return (scale * disjoint_mean(trimmed, sign, w if normalize else None)).to(deltas.dtype)
 
 
 def magnitude_prune(
@@ -128,18 +142,23 @@ def dare_ties(
     density: float = 0.5,
     scale: float = 1.0,
     majority_sign: str = "total",
+    normalize: bool = False,
     seed: int | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """DARE's drop and rescale, then TIES' sign election and disjoint mean, × λ.
 
-    Yu et al., ICML 2024 (DARE) combined with Yadav et al., NeurIPS 2023 (TIES).
+    Yu et al., ICML 2024 (DARE) combined with Yadav et al., NeurIPS 2023 (TIES). Weights and
+    ``normalize`` act as in :func:`ties` (sign elected on the weighted deltas; divided by the
+    agreeing count, or with ``normalize=True`` by the agreeing tasks' summed weights).
     """
     x, w = prepare(deltas, weights, scale)
     density = check_fraction("density", density)
     check_choice("majority_sign", majority_sign, SIGN_METHODS)
+    check_flag("normalize", normalize)
     dropped = scale_tasks_(drop_random(x, density, make_generator(seed, generator)), w)
-    return (scale * disjoint_mean(dropped, elect_sign(dropped, majority_sign))).to(deltas.dtype)
+    sign = elect_sign(dropped, majority_sign)
+    return (scale * disjoint_mean(dropped, sign, w if normalize else None)).to(deltas.dtype)
 
 
 # name -> method; keys follow the literature (and peft/mergekit where they agree)

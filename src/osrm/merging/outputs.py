@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,11 @@ from torch import Tensor, nn
 
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
+from osrm.guards import check_finite, share_modes
+from osrm.heads import use_head
 from osrm.manifest import seal_dir
 from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
-from osrm.merging.heads import save_heads
+from osrm.merging.heads import first_head, save_heads
 from osrm.merging.loading import load_adapters
 from osrm.merging.manifest import (
     build_manifest,
@@ -111,7 +114,7 @@ def save_merged_model(
     opened = open_sources(sources)
     tasks = task_names(opened, tasks)
     adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
-    grams = gram_lookup(stats, adapters) if stats is not None else None
+    grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
     transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
     manifest = build_manifest(
         output="dense",
@@ -125,12 +128,37 @@ def save_merged_model(
     stream = iter_merged(opened, method, weights, grams=grams, **hp)
     updated = apply_deltas(base_model, stream, transposed)
     manifest["modules"] = len(updated)
+    check_finite(((n, base_model.get_parameter(n)) for n in updated), f"merged weights ({out_dir})")
     with atomic_dir(out_dir) as tmp:
-        base_model.save_pretrained(str(tmp), safe_serialization=True)
-        manifest["heads"] = save_heads(tmp, opened, tasks)
-        write_manifest(tmp, manifest)
-        seal_dir(tmp)
+        write_dense(tmp, base_model, opened, tasks, manifest)
     return Path(out_dir)
+
+
+def write_dense(
+    directory: Path,
+    model: nn.Module,
+    sources: Sequence[Mapping[str, Tensor]],
+    tasks: Sequence[str],
+    manifest: dict,
+) -> None:
+    """The files of a dense output in ``directory`` (a fresh atomic folder), sealed.
+
+    ``model.safetensors`` carries the first task's real head (recorded as ``model_head``;
+    never a randomly drawn one) with a config that matches it, so the folder loads with plain
+    ``from_pretrained`` and its bytes depend only on the inputs; every task's head is also in
+    ``heads/<task>.safetensors`` (swap with :func:`load_head`). Non-finite weights are refused
+    before anything is written. The one writer of ``osrm merge`` and the pipeline's
+    ``merge.save``.
+    """
+    head_task, head = first_head(sources, tasks)
+    with use_head(model, head) if head else nullcontext(model):
+        check_finite(model.named_parameters(), f"merged model ({directory.name})")
+        manifest["model_head"] = head_task
+        model.save_pretrained(str(directory), safe_serialization=True)
+    manifest["heads"] = save_heads(directory, sources, tasks)
+    write_manifest(directory, manifest)
+    share_modes(directory)
+    seal_dir(directory)
 
 
 @dataclass(frozen=True)
@@ -214,7 +242,7 @@ def save_merged_adapter(
     adapters = load_adapters(sources)
     tasks = task_names(adapters, tasks)
     inside = _pick_head(adapters, tasks, head)
-    grams = gram_lookup(stats, adapters) if stats is not None else None
+    grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
     factors, errors = _merged_factors(adapters, method, weights, rank, exact_svd, grams, hp)
     ranks = {n: a.shape[0] for n, (_, a) in factors.items()}
     report = MergedAdapter(Path(out_dir), method in LINEAR_METHODS and rank is None, ranks, errors)
@@ -237,10 +265,13 @@ def save_merged_adapter(
         extra=extra,
     )
     head_tensors = adapters[tasks.index(inside)].heads() if inside else {}
+    pairs = ((f"{n} ({s})", t) for n, (b, a) in factors.items() for s, t in (("B", b), ("A", a)))
+    check_finite(pairs, f"merged LoRA factors ({out_dir})")
     with atomic_dir(out_dir) as tmp:
         _write_adapter(tmp, adapters[0].config, factors, head_tensors)
         manifest["heads"] = save_heads(tmp, adapters, tasks)
         write_manifest(tmp, manifest)
+        share_modes(tmp)
         seal_dir(tmp)
     return report
 

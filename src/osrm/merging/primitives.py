@@ -110,17 +110,29 @@ def elect_sign(deltas: Tensor, method: str = "total") -> Tensor:
     return torch.where(votes >= 0, 1.0, -1.0).to(deltas.dtype)
 
 
-def disjoint_mean(deltas: Tensor, sign: Tensor) -> Tensor:
+def disjoint_mean(deltas: Tensor, sign: Tensor, weights: Tensor | None = None) -> Tensor:
     """Mean over the tasks whose (non-zero) entry agrees with the elected sign, else 0.
 
+    Args:
+        deltas: (k, *shape), already weighted (δ_i = w_i Δ_i).
+        sign: (*shape) elected ±1.
+        weights: ``None``: divide by the number of agreeing tasks (TIES paper, peft). (k,)
+            task weights: divide by the sum of the agreeing tasks' weights (mergekit's
+            ``normalize: true``), i.e. a weighted mean of the agreeing Δ_i; an entry whose
+            agreeing weights sum to 0 is divided by 1.
+
     Returns:
-        (*shape) merged entries: Σ_agreeing δ_i / #agreeing.
+        (*shape) merged entries: Σ_agreeing δ_i / #agreeing, or / Σ_agreeing w_i.
     """
     # one (k, *shape) temporary: entries agreeing with the ±1 sign become > 0, the rest <= 0
     aligned = (deltas * sign).clamp_(min=0)
     total = aligned.sum(0)
-    count = aligned.sign_().sum(0).clamp_(min=1)
-    return total.mul_(sign).div_(count)
+    agree = aligned.sign_()  # (k, *shape) 1 where task i agrees, else 0
+    if weights is None:
+        return total.mul_(sign).div_(agree.sum(0).clamp_(min=1))
+    divisor = torch.tensordot(weights.to(agree.dtype), agree, dims=1)
+    divisor = torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+    return total.mul_(sign).div_(divisor)
 
 
 def scale_tasks_(deltas: Tensor, weights: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ from osrm.merging.primitives import (
 from osrm.merging.spectral import block_svd, polar, thin_svd
 
 KNOTS_INNER = ("ties", "task_arithmetic")
+GRAM_KINDS = ("mean", "sum")  # regmean: per-token second moments, or the paper's raw sums
 
 
 def knots(
@@ -97,6 +98,7 @@ def regmean(
     grams: Tensor,
     alpha: float = 0.9,
     scale: float = 1.0,
+    gram: str = "mean",
 ) -> Tensor:
     """RegMean in ΔW space: ΔW = λ · (Σ w_i ΔW_i G̃_i)(Σ w_i G̃_i)⁻¹.
 
@@ -106,11 +108,16 @@ def regmean(
     G̃_i = α G_i + (1 − α) diag(G_i) (off-diagonals scaled by ``alpha`` in [0, 1]).
 
     Args:
-        grams: (k, d_in, d_in) input Gram matrices of this module, one per task (see
-            ``merge_adapters(stats=...)`` for how they are scaled).
+        grams: (k, d_in, d_in) input Gram matrices of this module, one per task, used as
+            given.
         weights: must be positive (they weight the Gram matrices).
+        gram: which Gram matrices a merge from statistics files builds (``iter_merged`` asks
+            the statistics for this kind): ``"mean"`` (default), the per-token second moments
+            X_iᵀX_i / n_i, so every task counts equally whatever its calibration size; or
+            ``"sum"``, the raw X_iᵀX_i of the paper, which weights task i by its n_i tokens.
     """
     x, w = prepare(deltas, weights, scale)
+    check_choice("gram", gram, GRAM_KINDS)
     grams = torch.as_tensor(grams)
     k, d_out, d_in = x.shape if x.ndim == 3 else (0, 0, 0)
     if x.ndim != 3 or tuple(grams.shape) != (k, d_in, d_in):

@@ -23,7 +23,6 @@ from osrm.config import ExperimentConfig
 from osrm.diagnostics import interference_matrix
 from osrm.errors import OsrmError
 from osrm.heads import adapter_head, use_head
-from osrm.manifest import seal_dir
 from osrm.merging import (
     METHODS,
     RANDOM_METHODS,
@@ -31,11 +30,12 @@ from osrm.merging import (
     gram_lookup,
     load_adapters,
     merge_deltas,
-    save_heads,
     validate_hyperparameters,
 )
-from osrm.merging.manifest import build_manifest, hp_record, write_manifest
+from osrm.merging.manifest import build_manifest, hp_record
+from osrm.merging.outputs import write_dense
 from osrm.report import Result, append_results, hp_string, read_results
+from osrm.rundir import run_path
 from osrm.safety import check_name, ensure_inside
 from osrm.stages.common import TaskStats, eval_task, load_adapter_model, load_base, task_spec
 
@@ -71,7 +71,7 @@ def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
 def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
     """``merged/<init>/<method>/<hyperparameters>``: one folder name each, inside ``run_dir``."""
     name = check_name(hp_string(hp) or "default", f"merge.methods.{method} (as a folder name)")
-    return ensure_inside(run_dir, run_dir / "merged" / init / method / name, "merge.save")
+    return ensure_inside(run_dir, run_path(run_dir, "merged", init, method, name), "merge.save")
 
 
 @contextmanager
@@ -96,17 +96,15 @@ def save_merged(
     method: str,
     hp: Mapping[str, Any],
 ) -> None:
-    """``merge.save``: the merged dense backbone with every task's head and manifests."""
+    """``merge.save``: the merged dense backbone with every task's head and manifests, written
+    exactly as ``osrm merge`` writes a dense output (:func:`osrm.merging.outputs.write_dense`)."""
     sources = load_adapters(dirs)
     manifest = build_manifest(
         output="dense", method=method, weights=cfg.merge.weights,
         hyperparameters=hp_record(method, hp), sources=sources, tasks=cfg.task_names,
     )  # fmt: skip
     with merged_into(backbone, merged), atomic_dir(out) as tmp:
-        backbone.save_pretrained(str(tmp), safe_serialization=True)
-        manifest["heads"] = save_heads(tmp, sources, cfg.task_names)
-        write_manifest(tmp, manifest)
-        seal_dir(tmp)
+        write_dense(tmp, backbone, sources, cfg.task_names, manifest)  # the first task's head
 
 
 def merge_split(
@@ -148,7 +146,7 @@ def eval_stage(
     stats_paths: Mapping[str, Path],
 ) -> list[Result]:
     """Score base, individual and every merged setting; return all results of the run."""
-    path = run_dir / RESULTS_FILE
+    path = run_path(run_dir, RESULTS_FILE)
     done = {(r.key, r.task) for r in read_results(path)}
     tasks = cfg.task_names
     grid = merge_grid(cfg)

@@ -11,6 +11,7 @@ from osrm.stats.collect import (
     collect_stats,
     find_target_modules,
     input_dim,
+    module_fingerprints,
     weight_fingerprint,
 )
 from osrm.stats.files import FORMAT, StatsMeta, load_stats, save_stats, stats_digest
@@ -26,6 +27,7 @@ __all__ = [
     "find_target_modules",
     "input_dim",
     "load_stats",
+    "module_fingerprints",
     "save_stats",
     "stats_digest",
     "weight_fingerprint",

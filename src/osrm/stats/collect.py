@@ -12,10 +12,10 @@ import torch
 from peft import LoraConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
 from osrm.errors import OsrmError
+from osrm.progress import tqdm
 from osrm.stats.layer import MASK_POLICIES, LayerStats
 
 
@@ -65,6 +65,15 @@ def weight_fingerprint(model: nn.Module, names: Iterable[str]) -> str:
                     param.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
                 )
     return digest.hexdigest()[:16]
+
+
+def module_fingerprints(model: nn.Module, names: Iterable[str]) -> dict[str, str]:
+    """Module name -> :func:`weight_fingerprint` of that module alone.
+
+    Recorded per adapter (provenance ``base_fingerprints``), so two adapters of one base model
+    trained on different target modules are compared on the modules they share.
+    """
+    return {name: weight_fingerprint(model, [name]) for name in sorted(names)}
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from torch import Tensor
 from osrm import __version__
 from osrm.atomic import write_safetensors
 from osrm.errors import OsrmError
+from osrm.guards import check_finite, share_modes
 from osrm.manifest import check_listed
 from osrm.stats.layer import MASK_POLICIES, LayerStats
 
@@ -57,8 +58,10 @@ def save_stats(path: str | Path, stats: Mapping[str, LayerStats], meta: StatsMet
         tensors[f"{name}.xtx"] = s.xtx.contiguous()
         tensors[f"{name}.xsum"] = s.xsum.contiguous()
         tensors[f"{name}.count"] = torch.tensor(s.count, dtype=torch.int64)
+    check_finite(tensors, f"statistics {path}")
     metadata = {"format": FORMAT, "meta": json.dumps(asdict(meta)), "aliases": json.dumps(aliases)}
     write_safetensors(path, tensors, metadata)
+    share_modes(path)  # safetensors writes 0600; artifacts are shared files
 
 
 def load_stats(
@@ -123,9 +126,12 @@ def _parse_meta(path: Path, metadata: Mapping[str, str]) -> StatsMeta:
     if missing:
         raise OsrmError(f"{path}: metadata 'meta' lacks fields {missing}")
     meta = StatsMeta(**{k: v for k, v in raw.items() if k in names})
-    for key in ("n_examples", "n_tokens"):
-        if not isinstance(getattr(meta, key), int) or getattr(meta, key) < 0:
-            raise OsrmError(f"{path}: metadata {key!r} must be a non-negative integer")
+    for key in ("n_examples", "n_tokens"):  # statistics of no token are no statistics
+        if not isinstance(getattr(meta, key), int) or getattr(meta, key) < 1:
+            raise OsrmError(
+                f"{path}: metadata {key!r} is {getattr(meta, key)!r}, expected a positive "
+                "integer (statistics of at least one example and token)"
+            )
     if meta.mask not in MASK_POLICIES:
         raise OsrmError(
             f"{path}: metadata 'mask' is {meta.mask!r}, expected one of {list(MASK_POLICIES)}"
