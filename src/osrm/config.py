@@ -292,7 +292,8 @@ def _first_error(
     e: ValidationError, prefix: tuple = (), root: type[BaseModel] | None = None
 ) -> str:
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in (*prefix, *err["loc"]))
+    # pydantic marks a bad mapping key with a '[key]' step: the key itself names the place
+    loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if p != "[key]")
     if err["type"] == "extra_forbidden":
         section = _section_at(err["loc"][:-1], root or ExperimentConfig)
         return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
