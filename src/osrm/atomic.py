@@ -47,8 +47,8 @@ def write_error(path: Path, err: OSError | SafetensorError) -> OsrmError:
         return OsrmError(f"cannot write {path}: {err.strerror or err}")
     # safetensors wraps the OS error in its own text: 'IoError(Os { ..., message: "File too
     # large" })'; keep the OS message when there is one
-    found = re.search(r'message: "([^"]*)"', str(err))
-    text = found.group(1) if found else " ".join(str(err).split())
+    found = re.search(r'message: "([^"]*)"|I/O error: (.+?) \(os error \d+\)', str(err))
+    text = next(g for g in found.groups() if g) if found else " ".join(str(err).split())
     return OsrmError(f"cannot write {path}: {text}")
 
 
