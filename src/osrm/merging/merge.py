@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
+from osrm.guards import check_finite
 from osrm.merging.deltas import LoraDeltas
 from osrm.merging.loading import coverage_gaps, load_adapters, provenance_of
 from osrm.merging.methods import (
@@ -117,14 +118,20 @@ def iter_merged(
             extra["grams"] = grams(name, hp.get("gram", "mean"))
             if extra["grams"] is None:  # e.g. a LayerNorm of a full fine-tune
                 log.info("%s: no input statistics, averaged with weight_average", name)
-                yield name, weight_average(deltas, w, scale=hp.get("scale", 1.0))
+                merged = weight_average(deltas, w, scale=hp.get("scale", 1.0))
+                check_finite([(name, merged)], f"merge {method}")
+                yield name, merged
                 continue
             if extra["grams"].shape[-1] != deltas.shape[-1]:
                 raise OsrmError(
                     f"{name}: statistics have d_in {extra['grams'].shape[-1]} but the deltas "
                     f"{deltas.shape[-1]}; were they collected on this base model?"
                 )
-        yield name, fn(deltas, w, **hp, **extra)
+        merged = fn(deltas, w, **hp, **extra)
+        # an overflow (extreme scale, weights or lora_alpha) stops here: no Inf/NaN ΔW reaches
+        # a writer, an SVD or a model that would be scored
+        check_finite([(name, merged)], f"merge {method}")
+        yield name, merged
 
 
 def merge_deltas(
