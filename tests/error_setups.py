@@ -370,3 +370,58 @@ def tampered_merged(env: Env) -> list[str]:
 def file_in_the_way(env: Env) -> Path:
     (env.case / "file.txt").write_text("a file, not a folder\n")
     return env.case / "file.txt"
+
+
+# ------------------------------------------------------------- merging side (issue 13)
+
+
+def rank_zero(weights: dict) -> None:
+    """Every LoRA factor with rank 0 (empty lora_A rows / lora_B columns)."""
+    for key in list(weights):
+        if "lora_A" in key:
+            weights[key] = weights[key][:0].contiguous()
+        elif "lora_B" in key:
+            weights[key] = weights[key][:, :0].contiguous()
+
+
+def edit_provenance(**fields) -> Callable[[Env, Path], None]:
+    """Change fields of an adapter's osrm_provenance.json and re-seal it."""
+
+    def prepare(_: Env, path: Path) -> None:
+        prov = json.loads((path / "osrm_provenance.json").read_text())
+        prov.update(fields)
+        (path / "osrm_provenance.json").write_text(json.dumps(prov))
+        seal_dir(path)
+
+    return prepare
+
+
+def merged_for_trec(env: Env, edit: Callable[[Path], None]) -> list[str]:
+    """The workspace's merged LoRA output with task low's head renamed to the registry task
+    'trec' (so `osrm eval --task trec` reaches the head), then edited and re-sealed."""
+    out = env.copy(env.ws / "merged", "merged")
+    (out / "heads" / "low.safetensors").rename(out / "heads" / "trec.safetensors")
+    manifest = json.loads((out / "osrm_merge.json").read_text())
+    manifest["heads"] = {"trec": "heads/trec.safetensors"}
+    manifest["adapter_head"] = "trec"
+    (out / "osrm_merge.json").write_text(json.dumps(manifest))
+    edit(out)
+    seal_dir(out)
+    return ["eval", "--merged", str(out), "--task", "trec"]
+
+
+def merged_without_base(env: Env) -> list[str]:
+    def drop_base(out: Path) -> None:
+        manifest = json.loads((out / "osrm_merge.json").read_text())
+        manifest["base_model"] = None
+        (out / "osrm_merge.json").write_text(json.dumps(manifest))
+
+    return merged_for_trec(env, drop_base)
+
+
+def merged_head_truncated(env: Env) -> list[str]:
+    def cut(out: Path) -> None:
+        head = out / "heads" / "trec.safetensors"
+        head.write_bytes(head.read_bytes()[:40])
+
+    return merged_for_trec(env, cut)
