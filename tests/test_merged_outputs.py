@@ -198,3 +198,29 @@ def test_peft_warnings_do_not_precede_the_error_line(ws, tmp_path):
     lines = run.stderr.splitlines()
     assert run.returncode == 2 and len(lines) == 1, run.stderr
     assert lines[0].startswith("osrm: error: ") and "peft cannot load" in lines[0]
+
+
+def test_pipeline_merge_save_is_the_scored_model(ws, monkeypatch, capsys):
+    """``merge.save: true``: the saved folder is written like `osrm merge` (first task's real
+    head), and scoring it gives the very scores the run recorded for that merge."""
+    assert main(["-q", "eval", str(ws / "tiny.yaml")]) == 0
+    results = [json.loads(line) for line in (ws / "run" / "results.jsonl").read_text().splitlines()]
+    merged = [r for r in results if r["kind"] == "merged" and r["method"] == "task_arithmetic"]
+    assert sorted(r["task"] for r in merged) == sorted(TASKS)
+    (folder,) = (ws / "run" / "merged" / "osrm" / "task_arithmetic").iterdir()
+    assert read_manifest(folder)["model_head"] == "low"
+    head = adapter_head(adapters(ws)[0])
+    saved = load_file(str(folder / "model.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in head.items())
+    for record in merged:
+        scores = eval_cli(ws, folder, record["task"], monkeypatch, capsys)
+        assert scores[record["metric"]] == pytest.approx(record["score"], rel=1e-6, abs=1e-9)
+
+
+def test_ties_normalize_flag_is_the_hyperparameter(ws, tmp_path):
+    flags = ["--method", "ties", "--density", "0.5", "--weights", "1", "2", "0.5"]
+    flag = tree(merge_cli(ws, tmp_path / "flag", *flags, "--normalize"))
+    hp = merge_cli(ws, tmp_path / "hp", *flags, "--hp", "normalize=true")
+    plain = tree(merge_cli(ws, tmp_path / "plain", *flags))
+    assert flag == tree(hp) and read_manifest(hp)["hyperparameters"]["normalize"] is True
+    assert flag["model.safetensors"] != plain["model.safetensors"]
