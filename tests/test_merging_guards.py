@@ -284,3 +284,24 @@ def test_ties_normalize_closed_form():
         torch.testing.assert_close(fn(deltas, 3 * w, density=1.0, **extra), 3 * count)
     with pytest.raises(OsrmError, match="normalize must be true or false"):
         METHODS["ties"](deltas, w, normalize="yes")
+
+
+def test_trained_adapters_and_statistics_with_inf_are_not_written(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from osrm.adapters import save_adapter
+    from osrm.stats import LayerStats
+
+    cfg = LoraConfig(r=2, target_modules=TARGETS, task_type="SEQ_CLS")
+    model = get_peft_model(make_tiny_bert(), cfg)
+    name, param = next((n, p) for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        param[0, 0] = float("inf")
+    with pytest.raises(OsrmError, match=f"trained adapter .*{name} holds NaN or Inf"):
+        save_adapter(model, tmp_path / "adapter")
+    xtx = torch.eye(4, dtype=torch.float64)
+    xtx[1, 1] = float("nan")
+    meta = StatsMeta(base_model="m", fingerprint="f", task="t", n_examples=1, n_tokens=3)
+    with pytest.raises(OsrmError, match="q.xtx holds NaN or Inf"):
+        save_stats(tmp_path / "t.safetensors", {"q": LayerStats(xtx, torch.zeros(4), 3)}, meta)
+    assert sorted(tmp_path.iterdir()) == []
