@@ -147,9 +147,22 @@ def test_statistics_that_do_not_belong_are_refused(kind, message, tmp_path):
 
 
 def test_empty_statistics_are_refused(tmp_path):
-    stats = stats_at(tmp_path, "a", 10, n_tokens=0)
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
     with pytest.raises(OsrmError, match="'n_tokens' is 0, expected a positive integer"):
-        load_stats(stats)
+        stats_at(tmp_path, "a", 10, n_tokens=0)  # never written...
+    assert not list(tmp_path.iterdir())
+    path = stats_at(tmp_path, "a", 10)  # ...nor read when written elsewhere
+    with safe_open(str(path), framework="pt") as f:
+        metadata, data = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(metadata["meta"])
+    metadata["meta"] = json.dumps({**meta, "n_tokens": 0})
+    data = {k: torch.zeros_like(v) if k.endswith((".count", ".xtx", ".xsum")) else v
+            for k, v in data.items()}  # fmt: skip
+    save_file(data, str(path), metadata=metadata)
+    with pytest.raises(OsrmError, match="'n_tokens' is 0, expected a positive integer"):
+        load_stats(path)
 
 
 def test_regmean_gram_sum_is_the_paper_solve_on_raw_sums(tmp_path):

@@ -178,6 +178,8 @@ def test_pooled_moment_weights_tasks_by_tokens(blocks):
 @given(row_blocks(1), st.lists(st.sampled_from(["q", "k", "v", "o"]), min_size=1, unique=True))
 def test_statistics_files_round_trip_exactly(blocks, modules):
     stats = {f"layer.{m}": stats_of(blocks[0]) for m in modules}  # one object: saved once
+    if blocks[0].shape[0] == 0:  # statistics of no token are refused (tests/test_merging_guards)
+        return
     meta = StatsMeta("m", "f" * 16, "task", 3, stats[f"layer.{modules[0]}"].count)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "s.safetensors"

@@ -58,6 +58,7 @@ def save_stats(path: str | Path, stats: Mapping[str, LayerStats], meta: StatsMet
         tensors[f"{name}.xtx"] = s.xtx.contiguous()
         tensors[f"{name}.xsum"] = s.xsum.contiguous()
         tensors[f"{name}.count"] = torch.tensor(s.count, dtype=torch.int64)
+    check_meta(path, meta)  # never write a file that load_stats would refuse
     check_finite(tensors, f"statistics {path}")
     metadata = {"format": FORMAT, "meta": json.dumps(asdict(meta)), "aliases": json.dumps(aliases)}
     write_safetensors(path, tensors, metadata)
@@ -125,7 +126,11 @@ def _parse_meta(path: Path, metadata: Mapping[str, str]) -> StatsMeta:
     missing = sorted(names - raw.keys() - {"max_length", "mask", "osrm_version"})
     if missing:
         raise OsrmError(f"{path}: metadata 'meta' lacks fields {missing}")
-    meta = StatsMeta(**{k: v for k, v in raw.items() if k in names})
+    return check_meta(path, StatsMeta(**{k: v for k, v in raw.items() if k in names}))
+
+
+def check_meta(path: str | Path, meta: StatsMeta) -> StatsMeta:
+    """``meta`` if it describes usable statistics (checked on save and on load), else OsrmError."""
     for key in ("n_examples", "n_tokens"):  # statistics of no token are no statistics
         if not isinstance(getattr(meta, key), int) or getattr(meta, key) < 1:
             raise OsrmError(
