@@ -179,17 +179,19 @@ class TaskBlock(Section):
     naming ``tasks.N.field`` instead of a traceback deep in data loading.
     """
 
+    # absent and null differ for osrm.tasks (a key given is used): a default of None here is
+    # never validated, but an explicit null is refused where osrm.tasks has no meaning for it
     name: str
     text_fields: Names
     label_field: str
-    label_names: Labels | None = None
+    label_names: Labels = None  # type: ignore[assignment]
     label_values: Labels | None = None
     regression: bool = False
-    metrics: Names | None = None
-    main_metric: str | None = None
-    source: str | None = None
+    metrics: Names = None  # type: ignore[assignment]
+    main_metric: str = None  # type: ignore[assignment]
+    source: str = None  # type: ignore[assignment]
     subset: str | None = None
-    files: dict[Literal["train", "validation", "test"], str] | None = None
+    files: dict[Literal["train", "validation", "test"], str] = None  # type: ignore[assignment]
     splits: SplitsBlock | None = None
     size: int | None = Field(None, ge=0)
     description: str = ""

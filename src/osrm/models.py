@@ -119,6 +119,29 @@ def load_error(name: str, path: str, err: Exception) -> OsrmError:
     return OsrmError(f"model.name {name!r}: cannot load a model from {path} ({text[:300]})")
 
 
+# models whose position ids start after the padding index (fairseq style)
+PADDING_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart")
+
+
+def max_positions(config) -> int | None:
+    """The longest input (tokens) the model has position embeddings for; None: no such limit."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int):
+        return None
+    if getattr(config, "model_type", "") in PADDING_OFFSET_MODELS:
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions
+
+
+def cap_tokenizer(tokenizer: PreTrainedTokenizerBase, config) -> PreTrainedTokenizerBase:
+    """Make the tokenizer truncate at the model's position limit (``osrm.data.encode`` never
+    asks for more), so a ``max_length`` above it cannot index past the position table."""
+    positions = max_positions(config)
+    if positions is not None and positions < tokenizer.model_max_length:
+        tokenizer.model_max_length = positions
+    return tokenizer
+
+
 def load_model(
     name: str,
     num_labels: int,
@@ -155,6 +178,7 @@ def load_model(
             raise OsrmError(f"model {name!r}: tokenizer has neither a pad nor an eos token")
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    cap_tokenizer(tokenizer, model.config)
     # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
     model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)
     return model, tokenizer
