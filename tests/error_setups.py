@@ -425,3 +425,39 @@ def merged_head_truncated(env: Env) -> list[str]:
         head.write_bytes(head.read_bytes()[:40])
 
     return merged_for_trec(env, cut)
+
+
+# ------------------------------------------------ run-directory artifacts and containment
+
+
+def corrupt_recorded_config(env: Env) -> list[str]:
+    """A run directory whose recorded config.yaml is no longer YAML."""
+    config = env.write_config()
+    (env.case / "run").mkdir()
+    (env.case / "run" / "config.yaml").write_text("seed: [1,\n")
+    return ["stats", str(config)]
+
+
+def corrupt_interference(env: Env) -> list[str]:
+    lines = [result_line(t, "base") for t in TASKS]
+    run = run_dir_with_results(env, lines)
+    (run / "interference.json").write_text('{"osrm": {"low": ')
+    return ["report", str(run)]
+
+
+def results_of_wrong_type(env: Env) -> list[str]:
+    line = json.dumps({"init": "osrm", "kind": "base", "task": "low", "metric": "accuracy",
+                       "score": "high"})  # fmt: skip
+    return ["report", str(run_dir_with_results(env, [line]))]
+
+
+def linked_stats(env: Env) -> list[str]:
+    """A run directory whose stats/ is a symbolic link to a folder outside it."""
+    from osrm.config import dump_config, load_config
+
+    config = env.write_config()
+    (env.case / "run").mkdir()
+    (env.case / "run" / "config.yaml").write_text(dump_config(load_config(config)))
+    (env.case / "elsewhere").mkdir()
+    (env.case / "run" / "stats").symlink_to(env.case / "elsewhere")
+    return ["stats", str(config)]

@@ -15,6 +15,7 @@ from osrm.data import batches, encode
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.metrics import compute_metrics
+from osrm.models import cap_tokenizer
 from osrm.progress import tqdm
 from osrm.tasks import TaskSpec, get_task, load_task
 
@@ -87,6 +88,7 @@ def evaluate(
     if len(data) == 0:
         raise OsrmError(f"task {spec.name!r}: split {split!r} is empty")
     # each process scores its shard (all of it alone); predictions are gathered before metrics
+    cap_tokenizer(tokenizer, model.config)  # a max_length above the model's positions: cut
     encoded = encode(distributed.shard(data), tokenizer, max_length)
     # grouping by length wastes little compute on padding; the order does not change metrics
     loader = batches(encoded, tokenizer, batch_size, group_by_length=True)
