@@ -8,13 +8,16 @@ shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from osrm import __version__
+from osrm import __version__, progress
+from osrm.argtypes import finite_float, int_range, positive_int, seed_int
 from osrm.errors import OsrmError
 
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (help, examples)
@@ -97,9 +100,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from osrm import commands
+    from osrm import commands, locking
 
-    print(json.dumps(commands.merge(args), indent=2))
+    # one osrm merge at a time per --out (the lock file is removed afterwards)
+    with locking.held(locking.beside(args.out), f"--out {args.out}"):
+        print(json.dumps(commands.merge(args), indent=2))
     return 0
 
 
@@ -128,10 +133,10 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", help="task name (registry) for --adapter/--merged")
     p.add_argument("--base", help="base model for --adapter (default: the adapter's own)")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--max-examples", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="split seed")
+    p.add_argument("--max-examples", type=positive_int, default=None)
+    p.add_argument("--max-length", type=int_range(2), default=128)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--seed", type=seed_int, default=0, help="split seed")
 
 
 def _add_merge(p: argparse.ArgumentParser) -> None:
@@ -140,13 +145,15 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--method", required=True, help="merge method, e.g. task_arithmetic, ties")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument("--weights", type=float, nargs="+", help="one weight per adapter (default 1)")
-    p.add_argument("--scale", type=float, help="λ: scale of the merged delta")
-    p.add_argument("--density", type=float, help="fraction kept (TIES, DARE, pruning)")
-    p.add_argument("--seed", type=int, help="seed of random methods (DARE)")
+    p.add_argument(
+        "--weights", type=finite_float, nargs="+", help="one weight per adapter (default 1)"
+    )
+    p.add_argument("--scale", type=finite_float, help="λ: scale of the merged delta")
+    p.add_argument("--density", type=finite_float, help="fraction kept (TIES, DARE, pruning)")
+    p.add_argument("--seed", type=seed_int, help="seed of random methods (DARE)")
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="other hyperparameters")
     p.add_argument("--format", choices=["dense", "lora"], default="dense")
-    p.add_argument("--rank", type=int, help="LoRA output: truncate to this rank (SVD)")
+    p.add_argument("--rank", type=positive_int, help="LoRA output: truncate to this rank (SVD)")
     p.add_argument("--base", help="dense output: base model (default: the adapters' base)")
     p.add_argument("--stats", nargs="+", help="regmean: one statistics file per adapter")
     p.add_argument("--tasks", nargs="+", help="task names of the adapters (default: from them)")
@@ -196,6 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def no_file_size_signal() -> None:
+    """Past a file-size limit (``ulimit -f``) a write fails with EFBIG, reported as one line
+    naming the artifact, instead of SIGXFSZ killing the process mid-write."""
+    if hasattr(signal, "SIGXFSZ"):
+        with contextlib.suppress(ValueError):  # not the main thread (e.g. inside a test runner)
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
 def quiet_libraries() -> None:
     """Keep our own progress bars and logs; silence per-file load reports and map bars."""
     import datasets
@@ -225,6 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     quiet_libraries()
+    no_file_size_signal()
+    progress.set_quiet(args.quiet)
     clean = False
     try:
         code = args.func(args)
@@ -239,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("osrm: interrupted", file=sys.stderr)
         return 130
     finally:
+        progress.set_quiet(False)
         _end_process_group(clean)
 
 
