@@ -45,11 +45,14 @@ def test_check_finite_names_the_first_bad_tensor(bad):
 
 
 # every writer of weights refuses an overflow before writing (nothing at the output path)
+# lora_alpha 1e38 passes the config check (s = 2.5e37 fits float32), a merge scale of 1e3
+# then overflows: every path meets the same check before anything is written
 OVERFLOWS = {
     "dense-scale": ("dense", "task_arithmetic", {"scale": 1e39}, {}),
     "lora-scale": ("lora", "task_arithmetic", {"scale": 1e39}, {}),
-    "dense-alpha": ("dense", "ties", {}, {"lora_alpha": 1e300}),
-    "lora-svd-alpha": ("lora", "ties", {}, {"lora_alpha": 1e300}),
+    "dense-alpha": ("dense", "ties", {"scale": 1e3}, {"lora_alpha": 1e38}),
+    "lora-svd-alpha": ("lora", "ties", {"scale": 1e3}, {"lora_alpha": 1e38}),
+    "lora-exact-alpha": ("lora", "task_arithmetic", {"scale": 1e3}, {"lora_alpha": 1e38}),
 }
 
 
@@ -235,6 +238,15 @@ def test_single_hash_provenance_is_compared_only_for_equal_targets(tmp_path):
 
 
 # ---------------------------------------------------------------- adapters and names
+
+
+@pytest.mark.parametrize("alpha", [1e300, 3.5e39])
+def test_lora_alpha_beyond_float32_is_refused(alpha, tmp_path):
+    path, _ = make_adapter(tmp_path / "a", 1)  # r = 4: s = alpha / 4 > float32 max
+    cfg = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps({**cfg, "lora_alpha": alpha}))
+    with pytest.raises(OsrmError, match="adapter_config.json: .*query: lora_alpha .* float32"):
+        lora_deltas(path)
 
 
 def test_rank_zero_adapter_is_refused(tmp_path):

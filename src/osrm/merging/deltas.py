@@ -170,6 +170,11 @@ class LoraDeltas(Mapping[str, Tensor]):
                 "expected a finite number"
             )
         scale = alpha / math.sqrt(rank) if self.config.get("use_rslora") else alpha / rank
+        if not math.isfinite(float(torch.tensor(scale, dtype=torch.float32))):
+            raise OsrmError(
+                f"{self.path / CONFIG_FILE}: {module}: lora_alpha {alpha!r} gives the scale "
+                f"{scale:.3g}, beyond float32 (every ΔW = s·B·A would overflow)"
+            )
         self.modules[f"{module}.weight"] = LoraModule(key, key_b, rank, scale, d_out, d_in)
 
     # Mapping interface: the keys are base-model parameter names
