@@ -224,3 +224,19 @@ def test_ties_normalize_flag_is_the_hyperparameter(ws, tmp_path):
     plain = tree(merge_cli(ws, tmp_path / "plain", *flags))
     assert flag == tree(hp) and read_manifest(hp)["hyperparameters"]["normalize"] is True
     assert flag["model.safetensors"] != plain["model.safetensors"]
+
+
+def test_trained_adapters_record_per_module_base_fingerprints(ws):
+    from dataclasses import replace
+
+    from osrm.adapters import load_provenance
+    from osrm.stats import find_target_modules, module_fingerprints
+
+    base, _ = load_base(cfg_of(ws))
+    expected = module_fingerprints(base, find_target_modules(base, ["query", "value"]))
+    assert len(expected) == 4 and len(set(expected.values())) == 4
+    for path in adapters(ws):
+        prov = load_provenance(path)
+        assert prov.base_fingerprints == expected
+        # not part of the run fingerprint: adapters of older runs are not retrained for it
+        assert str(replace(prov, base_fingerprints={})) == str(prov)
