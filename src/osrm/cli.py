@@ -129,9 +129,11 @@ def _add_eval(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     p.add_argument("--adapter", help="a peft adapter directory (with its task head)")
-    p.add_argument("--merged", help="a dense merged model written by `osrm merge`")
+    p.add_argument("--merged", help="a merged output (dense or LoRA) written by `osrm merge`")
     p.add_argument("--task", help="task name (registry) for --adapter/--merged")
-    p.add_argument("--base", help="base model for --adapter (default: the adapter's own)")
+    p.add_argument(
+        "--base", help="base model for --adapter/--merged (default: the one they record)"
+    )
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--max-examples", type=positive_int, default=None)
     p.add_argument("--max-length", type=int_range(2), default=128)
@@ -151,6 +153,11 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=finite_float, help="λ: scale of the merged delta")
     p.add_argument("--density", type=finite_float, help="fraction kept (TIES, DARE, pruning)")
     p.add_argument("--seed", type=seed_int, help="seed of random methods (DARE)")
+    p.add_argument(
+        "--normalize", action="store_true",
+        help="TIES/DARE-TIES: divide by the agreeing tasks' summed weights (mergekit), "
+        "not by their count",
+    )  # fmt: skip
     p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="other hyperparameters")
     p.add_argument("--format", choices=["dense", "lora"], default="dense")
     p.add_argument("--rank", type=positive_int, help="LoRA output: truncate to this rank (SVD)")
