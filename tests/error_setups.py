@@ -461,3 +461,15 @@ def linked_stats(env: Env) -> list[str]:
     (env.case / "elsewhere").mkdir()
     (env.case / "run" / "stats").symlink_to(env.case / "elsewhere")
     return ["stats", str(config)]
+
+
+def merged_inf_weights(env: Env) -> list[str]:
+    """A merged LoRA output whose factors hold an Inf (re-sealed): scoring must refuse it."""
+
+    def poison(out: Path) -> None:
+        weights = load_file(str(out / "adapter_model.safetensors"))
+        key = next(k for k in sorted(weights) if "lora_B" in k)
+        weights[key][0, 0] = float("inf")
+        save_file(weights, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+
+    return merged_for_trec(env, poison)

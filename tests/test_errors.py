@@ -35,6 +35,7 @@ from error_setups import (
     linked_stats,
     merge,
     merged_head_truncated,
+    merged_inf_weights,
     merged_without_base,
     nan_xtx,
     no_payload,
@@ -231,6 +232,8 @@ CASES = [
          merged_without_base, "osrm_merge.json: names no base_model"),
     Case("merged-head-truncated", "merged output with a truncated head file",
          merged_head_truncated, "heads/trec.safetensors: not a readable safetensors file"),
+    Case("merged-inf-weights", "merged output whose weights hold Inf (never scored)",
+         merged_inf_weights, "model weights (not scored): bert.encoder.layer.0"),
     # --- outputs
     Case("out-exists", "--out exists (without --force)",
          then(existing("out", {"notes.txt": "mine\n"}), merge("--method", "ties")),
