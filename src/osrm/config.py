@@ -197,6 +197,11 @@ class TaskBlock(Section):
     description: str = ""
     license: str = ""
 
+    @field_validator("name")
+    @classmethod
+    def _file_name(cls, value: str) -> str:  # stats/<name>.safetensors, adapters/<init>/<name>
+        return check_name(value, "tasks: name")
+
 
 def check_task_blocks(tasks: Any, source: str) -> None:
     """Every ``tasks`` entry is a registry name or a well-typed task block, else OsrmError."""
