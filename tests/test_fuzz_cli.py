@@ -199,3 +199,38 @@ def test_fuzz_merge_flags(trained, capsys, flags):
         assert not leftovers(case) and sorted(p.name for p in case.iterdir()) in ([], ["out"])
     finally:
         shutil.rmtree(case)
+
+
+json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), text),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3),
+    max_leaves=8,
+)
+RESULT = {"init": "osrm", "kind": "base", "task": "low", "metric": "accuracy", "score": 0.5}
+
+
+@FUZZ
+@given(
+    field=st.sampled_from([*RESULT, "scores", "hp", "method"]),
+    value=st.one_of(json_values, text, st.floats(), st.sampled_from(["base", "merged", "x=1"])),
+    matrices=st.one_of(st.sampled_from([{"osrm": {"low": {"low": 1.0}}}, {}]), json_values),
+)
+def test_fuzz_run_dir_artifacts(trained, capsys, field, value, matrices):
+    """`osrm report` on a run directory whose results line and interference.json are fuzzed."""
+    case = Path(tempfile.mkdtemp(dir=trained))
+    try:
+        run = case / "run"
+        run.mkdir()
+        shutil.copy(trained / "run" / "config.yaml", run)
+        lines = [json.dumps({**RESULT, "task": t}) for t in TASKS[1:]]
+        lines.append(json.dumps({**RESULT, field: value}))
+        (run / "results.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "interference.json").write_text(json.dumps(matrices))
+        before = sorted(p.name for p in run.iterdir())
+        code, err = cli(capsys, ["report", str(run)])
+        if code == 2:
+            assert sorted(p.name for p in run.iterdir()) == before, err
+        else:
+            assert (run / "report.html").is_file()
+    finally:
+        shutil.rmtree(case)
