@@ -193,3 +193,23 @@ def test_file_size_limit_on_stats_keeps_the_earlier_file(trained, tmp_path):
     line = one_line(code, err, warnings=True)  # "stats/osrm_manifest.json is missing"
     assert "stats/low.safetensors: File too large" in line, line
     assert tree(run / "stats") == before and not leftovers(tmp_path)
+
+
+def test_out_that_appears_meanwhile_is_not_replaced(trained, tmp_path, capsys, monkeypatch):
+    """Another program creates --out while osrm merges into it (no --force): it is kept."""
+    import osrm.merging.outputs as outputs
+
+    out = tmp_path / "out"
+    real = outputs.write_manifest
+
+    def meanwhile(directory, manifest):
+        out.mkdir(exist_ok=True)
+        (out / "theirs.txt").write_text("not osrm's\n")
+        return real(directory, manifest)
+
+    monkeypatch.setattr(outputs, "write_manifest", meanwhile)
+    args = ["merge", *adapters(trained), "--method", "ties", "--format", "lora", "--out", str(out)]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert f"{out} appeared while osrm was writing it" in one_line(2, capsys.readouterr().err)
+    assert sorted(p.name for p in out.iterdir()) == ["theirs.txt"] and not leftovers(tmp_path)

@@ -94,14 +94,31 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+_KEEP: set[str] = set()  # outputs that atomic_dir must not replace (see keep_existing)
+
+
+@contextmanager
+def keep_existing(path: str | os.PathLike) -> Iterator[None]:
+    """Within the block, :func:`atomic_dir` refuses to replace ``path`` should it appear while
+    osrm writes it (``osrm merge --out`` without ``--force``: checked new at the start)."""
+    key = os.path.abspath(path)
+    _KEEP.add(key)
+    try:
+        yield
+    finally:
+        _KEEP.discard(key)
+
+
 @contextmanager
 def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path``.
 
     An existing ``path`` is moved aside first and removed only after the new one is in place.
-    ``replace=False``: refuse (OsrmError) if ``path`` appeared while the folder was being written.
+    ``replace=False`` (or :func:`keep_existing`): refuse (OsrmError) if ``path`` appeared while
+    the folder was being written.
     """
     path = Path(path)
+    replace = replace and os.path.abspath(path) not in _KEEP
     tmp = _sibling(path, tempfile.mkdtemp)
     try:
         os.chmod(tmp, 0o777 & ~_umask())

@@ -101,9 +101,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from osrm import commands, locking
+    from osrm.atomic import keep_existing
 
-    # one osrm merge at a time per --out (the lock file is removed afterwards)
-    with locking.held(locking.beside(args.out), f"--out {args.out}"):
+    # one osrm merge at a time per --out (the lock file is removed afterwards); without --force
+    # an --out that another program creates meanwhile is not replaced either
+    keep = contextlib.nullcontext() if args.force else keep_existing(args.out)
+    with locking.held(locking.beside(args.out), f"--out {args.out}"), keep:
         print(json.dumps(commands.merge(args), indent=2))
     return 0
 
