@@ -89,9 +89,13 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
     lock_run_dir(run_dir)  # the main process: held for the whole command
-    if distributed.is_main():
-        check_recorded(cfg, run_dir)  # written by another process since the check above?
-    write_text(run_path(run_dir, "config.yaml"), dump_config(cfg))  # the main process writes it
+    try:
+        if distributed.is_main():
+            check_recorded(cfg, run_dir)  # written by another process since the check above?
+        write_text(run_path(run_dir, "config.yaml"), dump_config(cfg))  # by the main process
+    except BaseException:
+        unlock_run_dir(run_dir)
+        raise
     distributed.barrier()
     torch.manual_seed(cfg.seed)
     return cfg
