@@ -146,6 +146,32 @@ def test_fuzz_config_overrides(trained, capsys, key, value):
         shutil.rmtree(case)
 
 
+TRAIN_KEYS = [
+    "train.batch_size", "train.grad_accum", "train.max_length", "train.max_train_examples",
+    "train.epochs", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm",
+    "train.checkpoint_every", "train.lr", "train.precision", "train.frozen_a_lr", "lora.alpha",
+    "lora.dropout", "lora.rank",
+]  # fmt: skip
+
+
+@settings(FUZZ, max_examples=max(10, FUZZ.max_examples // 3))
+@given(key=st.sampled_from(TRAIN_KEYS), value=any_value)
+def test_fuzz_training_settings(trained, capsys, key, value):
+    """`osrm train` (one step, one init) with a fuzzed training setting."""
+    case = Path(tempfile.mkdtemp(dir=trained))
+    try:
+        run = case / "run"
+        fixed = ["lora.inits=[lora]", "train.steps=1", "train.checkpoint_every=0"]
+        argv = ["train", str(trained / "tiny.yaml"), f"run_dir={run}", *fixed]
+        argv.append(f"{key}={yaml_text(value)}")
+        code, err = cli(capsys, argv)
+        if code == 2:  # refused before anything was trained, or a guard on the trained weights
+            assert not (run / "adapters").exists() or "NaN or Inf" in err, err
+        assert not leftovers(case)
+    finally:
+        shutil.rmtree(case)
+
+
 @FUZZ
 @given(key=st.sampled_from([*TASK_KEYS, "typo"]), value=any_value, index=st.integers(0, 2))
 def test_fuzz_task_block_fields(trained, capsys, key, value, index):

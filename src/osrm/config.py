@@ -33,10 +33,21 @@ MAX_SEED = 2**32 - 1
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
-class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys are an error."""
+MAX_INT = 2**63 - 1  # counts go to torch, itertools and numpy, which take 64-bit integers
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys are an error, every float finite and
+    every integer within 64 bits (``stats.batch_size=1e30`` is refused here, not in islice)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _int64(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ValueError(f"expected an integer of at most 64 bits, got {value}")
+        return value
 
 
 class ModelConfig(Section):
@@ -92,7 +103,9 @@ class TrainSection(Section):
     """One explicit loop (osrm.train): AdamW, linear schedule with warm-up, accumulation."""
 
     steps: int = Field(300, ge=1, description="optimizer steps per adapter (unless epochs is set)")
-    epochs: float | None = Field(None, gt=0, description="if set: steps = ceil(epochs * n / batch)")
+    epochs: float | None = Field(
+        None, gt=0, le=1e6, description="if set: steps = ceil(epochs * n / batch)"
+    )
     lr: float = Field(1e-3, gt=0, le=1)
     batch_size: int = Field(16, ge=1, description="examples per optimizer step (global batch)")
     grad_accum: int = Field(
