@@ -204,7 +204,10 @@ MERGE_FLAGS = st.fixed_dictionaries(
     {"--method": st.sampled_from(["task_arithmetic", "ties", "dare_ties", "tsv", "nosuch"]),
      "--format": st.sampled_from(["lora", "dense"])},
     optional={"--scale": flag_text, "--density": flag_text, "--rank": flag_text,
-              "--seed": flag_text, "--weights": st.lists(flag_text, min_size=1, max_size=4)},
+              "--seed": flag_text, "--weights": st.lists(flag_text, min_size=1, max_size=4),
+              "--hp": st.lists(st.builds(lambda k, v: f"{k}={yaml_text(v)}", st.sampled_from(
+                  ["seed", "density", "scale", "normalize", "majority_sign", "alpha", "k"]),
+                  any_value), min_size=1, max_size=2)},
 )  # fmt: skip
 
 

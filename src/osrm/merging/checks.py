@@ -51,4 +51,6 @@ def make_generator(seed: int | None, generator: torch.Generator | None) -> torch
         return generator
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise OsrmError(f"seed must be an integer, got {seed!r}")
+    if seed is not None and not -(2**63) <= seed < 2**64:  # torch.Generator's seed range
+        raise OsrmError(f"seed must be an integer within 64 bits, got {seed!r}")
     return torch.Generator().manual_seed(0 if seed is None else seed)
