@@ -10,9 +10,14 @@ _quiet = False
 
 
 def set_quiet(quiet: bool) -> None:
-    """``True``: every bar made by :func:`tqdm` from now on is disabled."""
+    """``True``: every bar made by :func:`tqdm` from now on is disabled, and the hub's download
+    bars too (datasets' and transformers' bars are always off in the CLI)."""
     global _quiet
     _quiet = quiet
+    if quiet:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def tqdm(*args: Any, disable: bool = False, **kwargs: Any) -> _tqdm:
