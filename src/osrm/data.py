@@ -29,7 +29,7 @@ def encode(
     dataset: Dataset, tokenizer: PreTrainedTokenizerBase, max_length: int, *, batch_size: int = 1000
 ) -> Dataset:
     """Tokenise ``text`` (and ``text_pair`` as the second segment), truncating to ``max_length``
-    (at most the tokenizer's ``model_max_length``: see :func:`osrm.models.cap_tokenizer`).
+    (at most the model's position limit: see :func:`osrm.models.cap_tokenizer`).
 
     Returns:
         Columns ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the tokenizer
@@ -39,7 +39,7 @@ def encode(
     if missing:
         raise OsrmError(f"encode needs a standardised dataset; missing column '{min(missing)}'")
     pair = "text_pair" in dataset.column_names
-    max_length = min(max_length, tokenizer.model_max_length)
+    max_length = min(max_length, getattr(tokenizer, "osrm_max_positions", max_length))
 
     def tokenize(batch: dict[str, list]) -> dict[str, list]:
         second = batch["text_pair"] if pair else None  # pairs become two segments

@@ -134,11 +134,12 @@ def max_positions(config) -> int | None:
 
 
 def cap_tokenizer(tokenizer: PreTrainedTokenizerBase, config) -> PreTrainedTokenizerBase:
-    """Make the tokenizer truncate at the model's position limit (``osrm.data.encode`` never
-    asks for more), so a ``max_length`` above it cannot index past the position table."""
+    """Record the model's position limit on the tokenizer (``osrm_max_positions``):
+    :func:`osrm.data.encode` never asks for more, so a ``max_length`` above it cannot index past
+    the position table. Below the limit, ``max_length`` applies as given."""
     positions = max_positions(config)
-    if positions is not None and positions < tokenizer.model_max_length:
-        tokenizer.model_max_length = positions
+    if positions is not None:
+        tokenizer.osrm_max_positions = positions
     return tokenizer
 
 
