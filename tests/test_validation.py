@@ -274,3 +274,32 @@ def test_quiet_shows_no_progress_bar(ws, tmp_path, capsys, quiet):
     captured = capsys.readouterr()
     bars = [m for m in BAR_MARKS if m in captured.err or m in captured.out]
     assert bool(bars) != quiet, (quiet, captured.err[-500:])
+
+
+# ------------------------------------------- inputs longer than the model's position table
+
+
+def test_max_positions_of_bert_and_roberta():
+    from conftest import make_tiny_bert, make_tiny_roberta
+    from osrm.models import max_positions
+
+    assert max_positions(make_tiny_bert().config) == 64
+    assert max_positions(make_tiny_roberta().config) == 79  # position ids start after padding
+
+
+def test_max_length_above_the_model_positions_is_cut(ws):
+    """`max_length` 500 on a 64-position model: inputs are cut at 64, not an IndexError."""
+    from datasets import ClassLabel, Dataset, Features, Value
+
+    from conftest import make_tiny_bert, make_tiny_tokenizer
+    from osrm.evaluate import evaluate
+    from osrm.tasks import task_from_dict
+
+    spec = task_from_dict({"name": "long", "files": {"train": str(ws / "data" / "low.csv")},
+                           "text_fields": ["text"], "label_field": "label",
+                           "label_names": ["0", "1"]})  # fmt: skip
+    features = Features({"text": Value("string"), "label": ClassLabel(names=["0", "1"])})
+    data = Dataset.from_dict({"text": ["w4 " * 300, "w5 w6"], "label": [0, 1]}, features=features)
+    model, tokenizer = make_tiny_bert(num_labels=2), make_tiny_tokenizer()
+    scores = evaluate(model, spec, tokenizer=tokenizer, max_length=500, data=data)
+    assert 0 <= scores["accuracy"] <= 1
