@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import osrm.commands
 from conftest import synthetic_batches
+from osrm.atomic import write_safetensors
 from osrm.cli import main
 from osrm.config import load_config
 from osrm.heads import adapter_head, head_outputs, use_head
@@ -162,6 +163,9 @@ def test_artifacts_are_shared_files(ws, tmp_path):
         Path(adapters(ws)[0]),
         ws / "run" / "stats",
     ]
+    single = tmp_path / "single" / "checkpoint.safetensors"  # e.g. training checkpoints
+    write_safetensors(single, {"x": torch.zeros(2)}, {"format": "test"})
+    folders.append(single.parent)
     for folder in folders:
         files = [p for p in folder.rglob("*") if p.is_file()]
         assert any(p.suffix == ".safetensors" for p in files), folder

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from osrm import __version__
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
-from osrm.guards import check_finite, share_modes
+from osrm.guards import check_finite
 from osrm.manifest import seal_dir, verify_dir
 from osrm.safety import ADAPTER_WEIGHTS, require_safetensors
 
@@ -139,7 +139,6 @@ def save_adapter(
             (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
         if record is not None:
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        share_modes(tmp)
         seal_dir(tmp)
     return out_dir
 

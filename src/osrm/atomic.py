@@ -38,6 +38,16 @@ def _umask() -> int:
     return mask
 
 
+def share_modes(path: Path) -> None:
+    """Give a file (or every file below a folder) mode ``0666 & ~umask``: artifacts are shared
+    files, but mkstemp and safetensors (through a private temporary file) create them 0600."""
+    mode = 0o666 & ~_umask()
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
+    for f in files:
+        if not f.is_symlink():
+            os.chmod(f, mode)
+
+
 def write_error(path: Path, err: OSError | SafetensorError) -> OsrmError:
     """One line for a failed write of ``path`` (the errno text, e.g. 'No space left on device')."""
     blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
@@ -81,8 +91,8 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
 
     tmp_path = _sibling(path, make)
     try:
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; artifacts are shared files
         yield tmp_path
+        share_modes(tmp_path)  # mkstemp (and safetensors' own writer) make 0600
         os.replace(tmp_path, path)
     except SafetensorError as e:  # raised only by writes: reads happen before atomic_file
         raise write_error(path, e) from None
@@ -123,6 +133,7 @@ def atomic_dir(path: str | os.PathLike, *, replace: bool = True) -> Iterator[Pat
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        share_modes(tmp)
         if not replace and (path.exists() or path.is_symlink()):
             raise OsrmError(
                 f"{path} appeared while osrm was writing it (another program?); "

@@ -1,21 +1,14 @@
 """Guards applied before an artifact is written or a model is scored.
 
-Two classes of defect each get one mechanism here:
-
-- **non-finite tensors** (:func:`check_finite`): an overflow (an extreme ``lora_alpha``, a merge
-  scale of 1e39) turns weights into Inf/NaN without any exception; every writer of weights
-  (merged backbones, merged LoRA factors, heads, trained adapters, statistics) and the scorer
-  call this first, so such a tensor is never written, sealed or scored.
-- **file modes** (:func:`share_modes`): safetensors writes its files 0600 (through a private
-  temporary file) while every other artifact is 0644; artifacts are shared files, so every file
-  osrm writes gets ``0666 & ~umask`` like a plain ``open(..., "w")`` would give it.
+Non-finite tensors (:func:`check_finite`): an overflow (an extreme ``lora_alpha``, a merge scale
+of 1e39) turns weights into Inf/NaN without any exception; every writer of weights (merged
+backbones, merged LoRA factors, heads, trained adapters, statistics) and the scorer call this
+first, so such a tensor is never written, sealed or scored.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -47,20 +40,4 @@ def check_finite(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], w
         )
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def share_modes(*paths: str | Path) -> None:
-    """Give each file (and every file below each folder) mode ``0666 & ~umask``."""
-    mode = 0o666 & ~_umask()
-    for path in map(Path, paths):
-        files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path]
-        for f in files:
-            if not f.is_symlink():
-                os.chmod(f, mode)
-
-
-__all__ = ["check_finite", "first_non_finite", "share_modes"]
+__all__ = ["check_finite", "first_non_finite"]

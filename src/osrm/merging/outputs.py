@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from osrm.atomic import atomic_dir
 from osrm.errors import OsrmError
-from osrm.guards import check_finite, share_modes
+from osrm.guards import check_finite
 from osrm.heads import use_head
 from osrm.manifest import seal_dir
 from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
@@ -157,7 +157,6 @@ def write_dense(
         model.save_pretrained(str(directory), safe_serialization=True)
     manifest["heads"] = save_heads(directory, sources, tasks)
     write_manifest(directory, manifest)
-    share_modes(directory)
     seal_dir(directory)
 
 
@@ -271,7 +270,6 @@ def save_merged_adapter(
         _write_adapter(tmp, adapters[0].config, factors, head_tensors)
         manifest["heads"] = save_heads(tmp, adapters, tasks)
         write_manifest(tmp, manifest)
-        share_modes(tmp)
         seal_dir(tmp)
     return report
 

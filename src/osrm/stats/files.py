@@ -15,7 +15,7 @@ from torch import Tensor
 from osrm import __version__
 from osrm.atomic import write_safetensors
 from osrm.errors import OsrmError
-from osrm.guards import check_finite, share_modes
+from osrm.guards import check_finite
 from osrm.manifest import check_listed
 from osrm.stats.layer import MASK_POLICIES, LayerStats
 
@@ -62,7 +62,6 @@ def save_stats(path: str | Path, stats: Mapping[str, LayerStats], meta: StatsMet
     check_finite(tensors, f"statistics {path}")
     metadata = {"format": FORMAT, "meta": json.dumps(asdict(meta)), "aliases": json.dumps(aliases)}
     write_safetensors(path, tensors, metadata)
-    share_modes(path)  # safetensors writes 0600; artifacts are shared files
 
 
 def load_stats(
