@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,36 @@ def test_trained_adapters_record_per_module_base_fingerprints(ws):
         assert prov.base_fingerprints == expected
         # not part of the run fingerprint: adapters of older runs are not retrained for it
         assert str(replace(prov, base_fingerprints={})) == str(prov)
+
+
+# Every JSON file osrm reads beside weights goes through one checked loader (osrm.atomic):
+# a corrupt one is one line naming the file, whichever command reads it.
+CORRUPT_FILES = [
+    ("adapter", "osrm_provenance.json", "osrm_provenance.json:1: osrm provenance is not valid"),
+    ("adapter", "adapter_config.json", "adapter_config.json:1: adapter config is not valid JSON"),
+    ("merged", "osrm_merge.json", "osrm_merge.json:1: the merge manifest is not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("where,name,names", CORRUPT_FILES, ids=[n for _, n, _ in CORRUPT_FILES])
+def test_corrupt_json_beside_weights_is_one_line(
+    ws, tmp_path, capsys, monkeypatch, where, name, names
+):
+    cfg = cfg_of(ws)
+    monkeypatch.setattr(osrm.commands, "get_task", lambda task: task_spec(cfg, task))
+    if where == "adapter":  # a copy without osrm's sha256 manifest, as if from elsewhere
+        target = tmp_path / "adapter"
+        shutil.copytree(adapters(ws)[0], target)
+        (target / "osrm_manifest.json").unlink()
+        argv = ["merge", str(target), *adapters(ws)[1:], "--method", "ties"]
+        argv += ["--out", str(tmp_path / "out")]
+    else:
+        target = merge_cli(ws, tmp_path / "merged", "--method", "ties")
+        (target / "osrm_manifest.json").unlink()
+        argv = ["eval", "--merged", str(target), "--task", "low"]
+    (target / name).write_text('{"task": ')
+    capsys.readouterr()
+    assert main(["-q", *argv]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and names in lines[0], lines
+    assert not (tmp_path / "out").exists()

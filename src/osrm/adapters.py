@@ -19,13 +19,12 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from osrm import __version__
-from osrm.atomic import atomic_dir
+from osrm.atomic import atomic_dir, read_json
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.manifest import seal_dir, verify_dir
-from osrm.safety import ADAPTER_WEIGHTS, require_safetensors
+from osrm.safety import ADAPTER_WEIGHTS, PROVENANCE_FILE, require_safetensors
 
-PROVENANCE_FILE = "osrm_provenance.json"
 RECORD_FILE = "training.json"
 # what a finished adapter directory of a run must hold (and its manifest must vouch for)
 RUN_ADAPTER_FILES = (ADAPTER_WEIGHTS, "adapter_config.json", RECORD_FILE)
@@ -168,8 +167,8 @@ def finished_adapter(adapter_dir: str | Path, fingerprint: str) -> bool:
     if not path.is_dir() or verify_dir(path, RUN_ADAPTER_FILES) is not None:
         return False
     try:
-        return json.loads((path / RECORD_FILE).read_text()).get("fingerprint") == fingerprint
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return read_json(path / RECORD_FILE, "training record").get("fingerprint") == fingerprint
+    except OsrmError:  # unreadable: trained again
         return False
 
 
@@ -210,7 +209,8 @@ def load_provenance(adapter_dir: str | Path) -> Provenance | None:
     path = Path(adapter_dir) / PROVENANCE_FILE
     if not path.is_file():
         return None
+    data = read_json(path, "osrm provenance")
     try:
-        return Provenance(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
+        return Provenance(**data)
+    except TypeError as e:
         raise OsrmError(f"{path}: not a valid osrm provenance file ({e})") from None

@@ -14,7 +14,8 @@ import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from osrm.atomic import atomic_file
+from osrm.atomic import atomic_file, read_json
+from osrm.errors import OsrmError
 
 MANIFEST_FILE = "osrm_manifest.json"
 FORMAT = "osrm.manifest/1"
@@ -33,10 +34,10 @@ def read_entries(directory: str | Path) -> dict[str, str] | None:
     """``relative path -> sha256`` of a folder's manifest; None if absent or malformed."""
     path = Path(directory) / MANIFEST_FILE
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = read_json(path, "osrm manifest")
+    except OsrmError:  # absent or malformed: the callers say what that means for them
         return None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    if data.get("format") != FORMAT:
         return None
     files = data.get("files")
     if not isinstance(files, dict):

@@ -15,6 +15,7 @@ from pathlib import Path
 from osrm.errors import OsrmError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PROVENANCE_FILE = "osrm_provenance.json"  # how osrm initialised an adapter (osrm.adapters)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
 MAX_NAME = 128

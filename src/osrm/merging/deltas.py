@@ -12,7 +12,6 @@ GPT-2's Conv1D) are listed in :attr:`LoraDeltas.transposed`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import re
@@ -27,9 +26,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
+from osrm.atomic import read_json
 from osrm.errors import OsrmError
 from osrm.manifest import file_sha256
-from osrm.safety import check_name, require_safetensors
+from osrm.safety import PROVENANCE_FILE, check_name, require_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +76,9 @@ def _finite_number(value: object) -> bool:
 def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise OsrmError(f"{path}: adapter config not found (expected a peft LoRA directory)")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OsrmError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        got = config.get("peft_type") if isinstance(config, dict) else None
+    config = read_json(path, "adapter config")
+    if config.get("peft_type") != "LORA":
+        got = config.get("peft_type")
         raise OsrmError(f"{path}: 'peft_type' is {got!r}, expected 'LORA'")
     for field in _UNSUPPORTED:
         if config.get(field):
@@ -256,17 +253,18 @@ class LoraDeltas(Mapping[str, Tensor]):
         """sha256 of ``adapter_model.safetensors`` (recorded in merge manifests)."""
         return file_sha256(self.weights_file)
 
+    @cached_property
+    def provenance(self) -> dict:
+        """The adapter's ``osrm_provenance.json`` ({} for adapters not made by osrm)."""
+        path = self.path / PROVENANCE_FILE
+        return read_json(path, "osrm provenance") if path.is_file() else {}
+
     @property
     def task(self) -> str:
         """The task name: osrm provenance ``task`` if present, else the directory name."""
-        prov = self.path / "osrm_provenance.json"
-        if prov.is_file():
-            try:
-                name = json.loads(prov.read_text())["task"]
-            except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-                name = None
-            if name is not None:  # it names files (heads/<task>.safetensors): one rule for all
-                return check_name(name, f"{prov}: 'task'")
+        name = self.provenance.get("task")
+        if name is not None:  # it names files (heads/<task>.safetensors): one rule for all
+            return check_name(name, f"{self.path / PROVENANCE_FILE}: 'task'")
         return self.path.resolve().name
 
     def __repr__(self) -> str:

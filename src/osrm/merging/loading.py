@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -36,14 +35,7 @@ def load_adapters(adapter_dirs: Sequence[str | Path], validate: bool = True) -> 
 
 def provenance_of(source: LoraDeltas) -> dict:
     """The adapter's ``osrm_provenance.json`` as a dict ({} for adapters not made by osrm)."""
-    prov = source.path / "osrm_provenance.json"
-    try:
-        data = json.loads(prov.read_text()) if prov.is_file() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OsrmError(f"{prov}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise OsrmError(f"{prov}: expected a JSON object")
-    return data
+    return source.provenance
 
 
 def _modules(source: LoraDeltas) -> frozenset[str]:

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from osrm import __version__
+from osrm.atomic import read_json
 from osrm.errors import OsrmError
 from osrm.manifest import MANIFEST_FILE as CONTENT_MANIFEST
 from osrm.manifest import verify_dir
@@ -141,10 +142,9 @@ def read_manifest(directory: str | Path) -> dict:
         problem = verify_dir(directory)
         if problem:
             raise OsrmError(problem)
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise OsrmError(f"{path}: cannot read the merge manifest ({e})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    if not path.is_file():
+        raise OsrmError(f"{path}: merge manifest not found (is this an osrm merge output?)")
+    manifest = read_json(path, "the merge manifest")
+    if manifest.get("format") != FORMAT:
         raise OsrmError(f"{path}: 'format' is not {FORMAT!r}")
     return manifest
