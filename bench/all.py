@@ -11,28 +11,16 @@ and writes `bench/results/<name>.json`; `bench/results/index.json` records how e
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from importlib.metadata import version
-from pathlib import Path
 
-REPO = Path(__file__).parents[1]
-RESULTS = REPO / "bench" / "results"
-# what counts as uncommitted changes: everything but the outputs that every benchmark run rewrites
-SOURCES = (
-    "--",
-    ".",
-    ":(exclude)bench/results",
-    ":(exclude)docs/results",
-    ":(exclude)docs/RESULTS.md",
-)
-PACKAGES = ("osrm", "torch", "transformers", "peft", "accelerate", "safetensors", "scikit-learn")
+import common
+
+REPO, RESULTS = common.REPO, common.RESULTS
 SINGLE_TASK_LIMITS = ["--steps", "100", "--lr", "3e-3", "--eval-examples", "300"]
 QUICK_SINGLE_TASK = ["--steps", "60", "--lr", "3e-3", "--eval-examples", "200",
                      "--tasks", "rotten_tomatoes,trec,sms_spam"]  # fmt: skip
@@ -47,23 +35,6 @@ SUITE = {
     "quality": ("quality.py", []),
     "decoder": ("decoder.py", []),
 }
-
-
-def environment() -> dict:
-    """Package versions and the machine, recorded beside every result."""
-    return {
-        "packages": {p: version(p) for p in PACKAGES},
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", *SOURCES)),
-    }
-
-
-def _git(*args: str) -> str:
-    out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-    return out.stdout.strip()
 
 
 def result_name(name: str, quick: bool) -> str:
@@ -91,7 +62,7 @@ def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
     parser.add_argument("--no-report", action="store_true")
@@ -108,7 +79,7 @@ def main() -> int:
     failed = []
     for name in names:
         script, extra = SUITE[name]
-        env = environment()  # the code as it was when the benchmark started
+        env = common.environment()  # the code as it was when the benchmark started
         stamp = run_one(name, script, extra, args.quick)
         stamp["environment"] = env
         index["runs"][result_name(name, args.quick)] = stamp

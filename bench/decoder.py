@@ -8,17 +8,14 @@ slightly lossy weights); it is about 8x MiniLM's cost per step on a CPU, hence s
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 
-from osrm.cli import quiet_libraries  # noqa: E402
+import common  # noqa: E402
 from osrm.report import results_table  # noqa: E402
 
 REPO = Path(__file__).parents[1]
@@ -34,12 +31,11 @@ OVERRIDES = [
 def main() -> dict:
     from osrm import pipeline
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--run-dir", default="runs/bench/decoder")
-    parser.add_argument("--json", default=str(REPO / "bench" / "results" / "decoder.json"))
+    common.add_json(parser, help=None, default=str(common.RESULTS / "decoder.json"))
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    quiet_libraries()
+    common.setup_torch()
     pipeline.clear_run_dir(Path(args.run_dir))  # a leftover run would be reused, not timed
     start = time.perf_counter()
     out = pipeline.run(CONFIG, [*OVERRIDES, f"run_dir={args.run_dir}"])
@@ -50,8 +46,7 @@ def main() -> dict:
         "rows": results_table(out["results"], cfg.task_names),
         "interference": out["interference"], "wall_seconds": time.perf_counter() - start,
     }  # fmt: skip
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    common.write_json(args.json, result, indent=1)
     print(f"wrote {args.json} ({result['wall_seconds']:.0f} s)")
     return result
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import common  # noqa: E402
+
 
 def worker(args: argparse.Namespace) -> None:
     import torch
@@ -71,11 +73,11 @@ def run(nproc: int, out: Path, args: argparse.Namespace) -> dict:
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--examples", type=int, default=512)
     parser.add_argument("--task", default="rotten_tomatoes")
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--json", help="also write the result here")
+    common.add_json(parser)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
@@ -96,13 +98,16 @@ def main() -> dict:
         "one_process_s": one["seconds"], "two_processes_s": two["seconds"],
         "speedup": one["seconds"] / two["seconds"], "max_relative_difference": rel,
     }  # fmt: skip
-    print(f"{args.examples} {args.task} examples ({one['tokens']} tokens), all-MiniLM-L6-v2 q+v:")
-    print(f"  1 process x 2 threads  : {one['seconds']:.3f} s")
-    print(f"  2 processes x 1 thread : {two['seconds']:.3f} s (gloo all-reduce included)")
-    print(f"  speed-up               : {one['seconds'] / two['seconds']:.2f}x")
-    print(f"  max relative difference of Σxxᵀ: {rel:.2e} (float64 summation order)")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    common.print_summary(
+        f"{args.examples} {args.task} examples ({one['tokens']} tokens), all-MiniLM-L6-v2 q+v:",
+        [
+            f"1 process x 2 threads  : {one['seconds']:.3f} s",
+            f"2 processes x 1 thread : {two['seconds']:.3f} s (gloo all-reduce included)",
+            f"speed-up               : {one['seconds'] / two['seconds']:.2f}x",
+            f"max relative difference of Σxxᵀ: {rel:.2e} (float64 summation order)",
+        ],
+    )
+    common.write_json(args.json, result)
     return result
 
 

@@ -43,6 +43,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import common  # noqa: E402
+
 MODULE = "model.layers.0.self_attn.q_proj"
 # osrm method -> (hyperparameters, closest peft combination types)
 PAIRS = {
@@ -261,7 +263,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--adapters", type=int, default=8)
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=2048)
@@ -277,7 +279,7 @@ def main() -> None:
     parser.add_argument(
         "--warm", action="store_true", help="also time 3 warm repeats of each osrm merge"
     )
-    parser.add_argument("--json", help="also write the raw numbers here")
+    common.add_json(parser, help="also write the raw numbers here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -324,9 +326,7 @@ def main() -> None:
         "the level before the measured section; rel err = ||ΔW_out - ΔW_exact||_F / "
         f"||ΔW_exact||_F for {MODULE} (exact = dense merge by the same method)"
     )
-    if args.json:
-        raw = {"args": vars(args), "load_average": load, "rows": rows}
-        Path(args.json).write_text(json.dumps(raw, indent=2))
+    common.write_json(args.json, {"args": vars(args), "load_average": load, "rows": rows})
 
 
 if __name__ == "__main__":

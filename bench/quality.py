@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from osrm.cli import quiet_libraries  # noqa: E402
+import common  # noqa: E402
 from osrm.plots import plot_interference, plot_scale_curves  # noqa: E402
 from osrm.report import results_table  # noqa: E402
 
@@ -144,27 +144,23 @@ def write_result(name: str, limits: dict, runs: list[dict], seconds: float, out:
     flat = [{**r, "norm_avg": (r["norm_avg"] or {}).get("mean")} for r in agg["rows"]]
     plot_scale_curves(flat, figures / f"quality-{name}-scale.png")
     plot_interference(agg["interference"], figures / f"quality-{name}-interference.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(out)
+    common.write_json(out, result, indent=1)
     return result
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-root", default=None)
-    parser.add_argument("--json", default=None, help="default: bench/results/quality-VARIANT.json")
+    common.add_json(parser, help="default: bench/results/quality-VARIANT.json")
     args = parser.parse_args()
     # 2 threads on the 2-core CI-sized machine; more where a GPU box has the cores to feed it
-    torch.set_num_threads(min(8 if torch.cuda.is_available() else 2, os.cpu_count() or 1))
-    quiet_libraries()
+    common.setup_torch(8 if torch.cuda.is_available() else 2)
     name = next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
     limits = LIMITS[name]
     run_root = Path(args.run_root or f"runs/bench/quality-{name}")
-    out = Path(args.json or REPO / "bench" / "results" / f"quality-{name}.json")
+    out = Path(args.json or common.RESULTS / f"quality-{name}.json")
     start, runs = time.perf_counter(), []
     for seed in limits["seeds"]:  # results are written after each seed: a timeout keeps them
         runs.append(run_seed(seed, limits["overrides"], run_root))

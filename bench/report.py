@@ -13,12 +13,12 @@ document); this one puts them in order and writes the file.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import common
 from osrm.atomic import atomic_file
 from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
@@ -75,7 +75,7 @@ def write(text: str, out: Path) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``--results DIR`` (default bench/results) ``--out FILE`` (docs/RESULTS.md)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON results")
     parser.add_argument("--out", type=Path, default=OUT, help="the Markdown file to write")
     args = parser.parse_args(argv)

@@ -9,8 +9,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).parents[1]
-RESULTS = REPO / "bench" / "results"
+import common
+
+REPO, RESULTS = common.REPO, common.RESULTS
 OUT = REPO / "docs" / "RESULTS.md"
 FIGURES = "results"  # folder of the quality figures, relative to docs/RESULTS.md
 BASELINE = "lora"  # the init every other init is compared with

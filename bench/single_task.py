@@ -9,7 +9,6 @@ Scores are each task's main metric on its test split.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -18,9 +17,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
 
-from osrm.cli import quiet_libraries  # noqa: E402
+import common  # noqa: E402
 from osrm.config import load_config  # noqa: E402
 from osrm.pipeline import (  # noqa: E402
     DEMO_CONFIG,
@@ -38,17 +36,16 @@ TASKS = "rotten_tomatoes,trec,sms_spam,tweet_sentiment,vitaminc,vader_movies"
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--tasks", default=TASKS)
     parser.add_argument("--inits", default="lora,osrm,contrast")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-examples", type=int, default=1000)
     parser.add_argument("--run-dir", default="runs/bench/single_task")
-    parser.add_argument("--json", help="also write the result here")
+    common.add_json(parser)
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    quiet_libraries()
+    common.setup_torch()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     overrides = [
         f"run_dir={args.run_dir}", f"tasks=[{args.tasks}]", f"lora.inits=[{args.inits}]",
@@ -88,8 +85,7 @@ def main() -> dict:
     print(f"\ntraining seconds per init: {train_s}; wall time {wall:.0f} s")
     result = {"benchmark": "single_task", "config": cfg.model_dump(mode="json"), "rows": rows,
               "raw": raw, "wall_seconds": wall, "table": table}  # fmt: skip
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    common.write_json(args.json, result)
     return result
 
 

@@ -9,8 +9,6 @@ interleaved, and the median of the repeats is reported. Target: ratio <= 1.15.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
@@ -19,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from osrm.cli import quiet_libraries  # noqa: E402
+import common  # noqa: E402
 from osrm.data import batches, encode  # noqa: E402
 from osrm.models import load_model  # noqa: E402
 from osrm.stats import collect_stats  # noqa: E402
@@ -27,16 +25,15 @@ from osrm.tasks import load_task  # noqa: E402
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--examples", type=int, default=256)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--task", default="rotten_tomatoes")
-    parser.add_argument("--json", help="also write the result here")
+    common.add_json(parser)
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    quiet_libraries()
+    common.setup_torch()
     model, tok = load_model("sentence-transformers/all-MiniLM-L6-v2", num_labels=2)
     model.eval()
     data = load_task(args.task, "train", max_examples=args.examples)
@@ -75,14 +72,16 @@ def main() -> dict:
         "ratio": st / fwd,
         "target_ratio": 1.15,
     }
-    print(f"{len(data)} examples ({tokens} tokens) at max length {args.max_length}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}:")  # fmt: skip
-    print(f"  plain no-grad forward : {fwd:.3f} s")
-    print(f"  statistics collection : {st:.3f} s")
-    print(f"  ratio                 : {st / fwd:.3f} (target <= 1.15)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    common.print_summary(
+        f"{len(data)} examples ({tokens} tokens) at max length {args.max_length}, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}:",
+        [
+            f"plain no-grad forward : {fwd:.3f} s",
+            f"statistics collection : {st:.3f} s",
+            f"ratio                 : {st / fwd:.3f} (target <= 1.15)",
+        ],
+    )
+    common.write_json(args.json, result)
     return result
 
 

@@ -9,8 +9,6 @@ order, same run; the two settings alternate and the median over repeats is repor
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 
@@ -19,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from peft import LoraConfig  # noqa: E402
 
+import common  # noqa: E402
 from osrm.adapters import attach_lora  # noqa: E402
-from osrm.cli import quiet_libraries  # noqa: E402
 from osrm.config import TrainSection  # noqa: E402
 from osrm.data import batches, encode  # noqa: E402
 from osrm.models import load_model  # noqa: E402
@@ -48,15 +46,14 @@ def seconds_per_step(task: str, steps: int, pad_to_max: bool, max_length: int) -
 
 
 def main() -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.new_parser(__doc__)
     parser.add_argument("--task", default="rotten_tomatoes")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--json", help="also write the result here")
+    common.add_json(parser)
     args = parser.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
-    quiet_libraries()
+    common.setup_torch()
     runs: dict[str, list[float]] = {"dynamic": [], "max_length": []}
     for _ in range(args.repeats):
         for name, pad in (("dynamic", False), ("max_length", True)):
@@ -69,16 +66,16 @@ def main() -> dict:
         "threads": torch.get_num_threads(), "repeats": args.repeats, "real_tokens": tokens,
         "dynamic_s_per_step": dyn, "max_length_s_per_step": fixed, "speedup": fixed / dyn,
     }  # fmt: skip
-    print(
+    common.print_summary(
         f"{args.task}: {args.steps} steps x 16 examples, {tokens} real tokens, "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}",
+        [
+            f"dynamic padding (osrm)      : {dyn:.3f} s/step",
+            f"padding to {args.max_length} (reference) : {fixed:.3f} s/step",
+            f"ratio dynamic / fixed       : {dyn / fixed:.3f} (speed-up {fixed / dyn:.2f}x)",
+        ],
     )
-    print(f"  dynamic padding (osrm)      : {dyn:.3f} s/step")
-    print(f"  padding to {args.max_length} (reference) : {fixed:.3f} s/step")
-    print(f"  ratio dynamic / fixed       : {dyn / fixed:.3f} (speed-up {fixed / dyn:.2f}x)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    common.write_json(args.json, result)
     return result
 
 
