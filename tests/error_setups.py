@@ -304,13 +304,13 @@ def full_disk_on_write_text(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
 
 
 def full_disk_on_safetensors(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
-    import osrm.merging.outputs as outputs
+    import osrm.merging.lora_files as lora_files  # the LoRA output's writer
 
     def save_file_full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"\0" * 100)  # part of the file, then the disk is full
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(outputs, "save_file", save_file_full)
+    monkeypatch.setattr(lora_files, "save_file", save_file_full)
 
 
 def previous_output(env: Env) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -20,6 +21,7 @@ from osrm.merging import (
     get_method,
     hyperparameters,
     trim_magnitude,
+    validate_hyperparameters,
 )
 from osrm.merging.primitives import top_mask
 from osrm.merging.spectral import block_svd, factored_truncate, thin_svd, truncate
@@ -68,11 +70,24 @@ ELEMENTWISE = (
 
 def test_every_method_is_covered_and_documented():
     assert set(IDENTITY_HP) == set(METHODS)
-    for name, fn in METHODS.items():
-        doc = fn.__doc__ or ""
+    for name, method in METHODS.items():
+        doc = method.fn.__doc__ or ""
         assert any(str(year) in doc for year in range(2020, 2027)), f"{name} cites no paper"
         hp = hyperparameters(name)
         assert "scale" in hp and hp["scale"] == 1.0
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_registry_matches_the_function_signature(name):
+    """Each record's hyperparameters (defaults, order) and inputs are its function's keywords."""
+    method = METHODS[name]
+    params = inspect.signature(method.fn).parameters.values()
+    keywords = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(keywords) == {*method.hyperparameters, *method.inputs}
+    assert hyperparameters(name) == {k: v for k, v in keywords.items() if k not in method.inputs}
+    assert list(hyperparameters(name)) == [k for k in keywords if k not in method.inputs]
+    for key, hyper in method.hyperparameters.items():
+        hyper.check(key, hyper.default)  # every default passes its own check
 
 
 # ---------------------------------------------------------------- registry contract
@@ -304,6 +319,34 @@ def test_bad_input_is_one_line_osrm_error(call, message):
     with pytest.raises(OsrmError, match=re.escape(message)) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "name, hp, weights",
+    [
+        ("ties", {"density": 0.0}, None),
+        ("ties", {"normalize": "yes"}, None),
+        ("dare_ties", {"majority_sign": "max"}, None),
+        ("dare_linear", {"seed": 2**70}, None),
+        ("breadcrumbs", {"density": 0.9, "gamma": 0.2}, None),
+        ("breadcrumbs", {"gamma": 1}, None),
+        ("weight_average", {}, [1.0, -1.0]),
+        ("task_arithmetic", {"scale": -1.0}, [1.0, 2.0]),
+        ("knots", {"inner": "dare"}, None),
+        ("tsv", {"fraction": 0}, None),
+        ("regmean", {"alpha": 2}, None),
+        ("regmean", {"gram": "total"}, None),
+        ("regmean", {}, [1.0, -1.0]),
+    ],
+)
+def test_registry_checks_are_the_methods_own(name, hp, weights):
+    """validate_hyperparameters fails exactly as the method itself would on that input."""
+    zeros = torch.zeros(2, 2, 2)
+    with pytest.raises(OsrmError) as by_method:
+        METHODS[name](zeros, torch.tensor(weights or [1.0, 1.0]), **hp, **extra_inputs(name, zeros))
+    with pytest.raises(OsrmError) as by_registry:
+        validate_hyperparameters(name, hp, weights)
+    assert str(by_registry.value) == str(by_method.value)
 
 
 # ---------------------------------------------------------------- properties

@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from osrm.errors import OsrmError
+from osrm.inits import INITS, MEAN_BASES, MODES, WEIGHTINGS
 from osrm.safety import check_name
 
 # torch, numpy and the seeded data order all take a seed that fits in 32 bits
@@ -34,6 +35,10 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
 
 MAX_INT = 2**63 - 1  # counts go to torch, itertools and numpy, which take 64-bit integers
+
+# names defined once in osrm.inits; Literal of a tuple is the Literal of its items, in order
+InitName = Literal[tuple(INITS)]  # type: ignore[valid-type]
+ModeName = Literal[MODES]  # type: ignore[valid-type]
 
 
 class Section(BaseModel):
@@ -73,11 +78,10 @@ class LoraSection(Section):
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "value"], min_length=1)
-    inits: list[Literal["lora", "osrm", "osrm_mean", "contrast", "contrast_frozen"]] = Field(
+    inits: list[InitName] = Field(
         default_factory=lambda: ["lora", "osrm"],
         min_length=1,
-        description="lora: peft default; osrm: paper (cov); osrm_mean: reference; contrast: ours;"
-        " contrast_frozen: contrast with A frozen (only B trains)",
+        description="; ".join(f"{name}: {init.doc}" for name, init in INITS.items()),
     )
 
 
@@ -90,12 +94,10 @@ class StatsSection(Section):
 
 
 class SubspaceSection(Section):
-    modes: list[Literal["cov", "mean", "contrast"]] = Field(
-        default_factory=lambda: ["cov"], min_length=1
-    )
-    weighting: Literal["equal", "tokens"] = "equal"
+    modes: list[ModeName] = Field(default_factory=lambda: ["cov"], min_length=1)
+    weighting: Literal[WEIGHTINGS] = "equal"  # type: ignore[valid-type]
     center: bool = False
-    basis: Literal["svd", "random"] = "svd"
+    basis: Literal[MEAN_BASES] = "svd"  # type: ignore[valid-type]
     ridge: float = Field(1e-2, gt=0)
 
 

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
+from osrm.inits import MEAN_BASES, MODES, WEIGHTINGS
 from osrm.linalg import (
     StatsByTask,
     fix_sign,
@@ -28,10 +29,6 @@ from osrm.linalg import (
     seeded_generator,
 )
 from osrm.stats import StatsMeta
-
-MODES = ("cov", "mean", "contrast")
-WEIGHTINGS = ("equal", "tokens")
-MEAN_BASES = ("svd", "random")
 
 __all__ = [
     "MODES",

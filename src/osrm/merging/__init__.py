@@ -3,7 +3,8 @@
 Task vectors are read lazily (``lora_deltas``: ΔW = s·B·A per module, any rank, rsLoRA and
 rank/alpha patterns honoured; ``full_deltas``: θ_ft − θ_0 without heads), merged one module at a
 time by a method of ``METHODS`` (one signature: ``fn(deltas (k, d_out, d_in), weights (k,),
-**hp) -> ΔW``), and written as a dense backbone with per-task heads or as a peft LoRA adapter
+**hp) -> ΔW``; traits in its :class:`Method` record), and written as a dense backbone with
+per-task heads or as a peft LoRA adapter
 (exact concatenation for linear methods, truncated SVD otherwise), each with a JSON manifest.
 """
 
@@ -14,22 +15,12 @@ from osrm.merging.loading import check_same_base, coverage_gaps, load_adapters
 from osrm.merging.manifest import MANIFEST_FILE, read_manifest
 from osrm.merging.merge import gram_lookup, iter_merged, merge_adapters, merge_deltas
 from osrm.merging.methods import (
-    LINEAR_METHODS,
-    METHODS,
-    RANDOM_METHODS,
     breadcrumbs,
-    check_hyperparameters,
     dare_linear,
     dare_ties,
-    get_method,
-    hyperparameters,
-    knots,
     magnitude_prune,
-    regmean,
     task_arithmetic,
     ties,
-    tsv,
-    validate_hyperparameters,
     weight_average,
 )
 from osrm.merging.outputs import (
@@ -44,16 +35,31 @@ from osrm.merging.primitives import (
     elect_sign,
     trim_magnitude,
 )
+from osrm.merging.registry import (
+    LINEAR_METHODS,
+    METHODS,
+    RANDOM_METHODS,
+    Hyper,
+    Method,
+    check_hyperparameters,
+    get_method,
+    hyperparameters,
+    methods_with,
+    validate_hyperparameters,
+)
+from osrm.merging.structured import knots, regmean, tsv
 
 __all__ = [
     "HEAD_NAMES",
     "LINEAR_METHODS",
     "MANIFEST_FILE",
     "METHODS",
-    "RANDOM_METHODS",
     "FullDeltas",
+    "Hyper",
     "LoraDeltas",
+    "Method",
     "MergedAdapter",
+    "RANDOM_METHODS",
     "apply_deltas",
     "breadcrumbs",
     "check_hyperparameters",
@@ -77,6 +83,7 @@ __all__ = [
     "magnitude_prune",
     "merge_adapters",
     "merge_deltas",
+    "methods_with",
     "read_manifest",
     "regmean",
     "save_heads",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from osrm.manifest import MANIFEST_FILE as CONTENT_MANIFEST
 from osrm.manifest import verify_dir
 from osrm.merging.deltas import LoraDeltas, file_sha256
 from osrm.merging.loading import coverage_gaps
-from osrm.merging.methods import RANDOM_METHODS, hyperparameters
+from osrm.merging.registry import get_method, hyperparameters
 from osrm.safety import check_name
 from osrm.stats import stats_digest
 
@@ -109,10 +108,9 @@ def build_manifest(
 
 def hp_record(method: str, hp: Mapping[str, object]) -> dict:
     """The hyperparameters actually used: defaults filled in, the effective seed stated."""
-    defaults = hyperparameters(method).items()
-    record = {k: v for k, v in defaults if v is not inspect.Parameter.empty}
+    record = hyperparameters(method)
     record.update(hp)
-    if method in RANDOM_METHODS and record.get("generator") is None:
+    if get_method(method).random and record.get("generator") is None:
         record.pop("generator", None)
         record["seed"] = record.get("seed") or 0
         record["seeding"] = "per module: torch.Generator seeded from sha256(f'{seed}/{name}')"

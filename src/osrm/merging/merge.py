@@ -18,12 +18,8 @@ from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.merging.deltas import LoraDeltas
 from osrm.merging.loading import coverage_gaps, load_adapters, provenance_of
-from osrm.merging.methods import (
-    RANDOM_METHODS,
-    check_hyperparameters,
-    get_method,
-    weight_average,
-)
+from osrm.merging.methods import weight_average
+from osrm.merging.registry import check_hyperparameters, get_method, methods_with
 from osrm.stats import LayerStats, StatsMeta, load_stats
 
 log = logging.getLogger(__name__)
@@ -86,20 +82,20 @@ def iter_merged(
             a name missing from some sources is a zero delta there.
         method: a key of ``METHODS``.
         weights: k task weights (default 1 each).
-        grams: ``regmean`` only: ``grams(name, gram)`` -> (k, d_in, d_in) Gram matrices
-            (``gram``: the method's ``"mean"`` or ``"sum"``, see :class:`GramLookup`), or None
-            for a parameter without statistics (then averaged with ``weight_average``, as in the
-            RegMean paper for non-linear parameters).
-        **hp: the method's hyperparameters. For random methods ``seed`` (default 0) is turned
+        grams: methods that ``needs_stats`` only: ``grams(name, gram)`` -> (k, d_in, d_in)
+            Gram matrices (``gram``: the method's ``"mean"`` or ``"sum"``, see
+            :class:`GramLookup`), or None for a parameter without statistics (then averaged with
+            ``weight_average``, as in the RegMean paper for non-linear parameters).
+        **hp: the method's hyperparameters. For ``random`` methods ``seed`` (default 0) is turned
             into one generator per module, seeded from (seed, name); a ``generator`` is used
             as is, in sorted module order.
     """
-    fn = get_method(method)
+    m = get_method(method)
     check_hyperparameters(method, hp)
     if "grams" in hp:
         raise OsrmError("grams are per module: pass statistics (stats=...) instead")
-    if method == "regmean" and grams is None:
-        raise OsrmError("regmean needs input statistics: pass stats=[one per task]")
+    if m.needs_stats and grams is None:
+        raise OsrmError(f"{method} needs input statistics: pass stats=[one per task]")
     w = task_weights(weights, len(sources))
     seed = hp.pop("seed", None)
     bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or "generator" in hp
@@ -112,9 +108,9 @@ def iter_merged(
     for name in sorted(set().union(*sources)):
         deltas = _stack(sources, name)
         extra = {}
-        if method in RANDOM_METHODS and "generator" not in hp:
+        if m.random and "generator" not in hp:
             extra["generator"] = torch.Generator().manual_seed(module_seed(seed or 0, name))
-        elif method == "regmean":
+        elif m.needs_stats:  # the Gram kind is the method's ``gram`` hyperparameter
             extra["grams"] = grams(name, hp.get("gram", "mean"))
             if extra["grams"] is None:  # e.g. a LayerNorm of a full fine-tune
                 log.info("%s: no input statistics, averaged with weight_average", name)
@@ -127,7 +123,7 @@ def iter_merged(
                     f"{name}: statistics have d_in {extra['grams'].shape[-1]} but the deltas "
                     f"{deltas.shape[-1]}; were they collected on this base model?"
                 )
-        merged = fn(deltas, w, **hp, **extra)
+        merged = m(deltas, w, **hp, **extra)
         # an overflow (extreme scale, weights or lora_alpha) stops here: no Inf/NaN ΔW reaches
         # a writer, an SVD or a model that would be scored
         check_finite([(name, merged)], f"merge {method}")
@@ -282,13 +278,13 @@ def merge_adapters(
         adapter_dirs: k adapter directories from the same base model (any ranks/alphas).
         method: a key of ``METHODS``; unknown names fail with the valid list.
         weights: k task weights (default 1 each).
-        stats: ``regmean`` only: one statistics file per adapter (``osrm.stats``).
+        stats: methods that ``needs_stats`` only (``regmean``): one statistics file per adapter
+            (``osrm.stats``).
         **hp: the method's hyperparameters (``scale``, ``density``, ``seed``, ...).
     """
-    get_method(method)
     check_hyperparameters(method, hp)
-    if stats is not None and method != "regmean":
-        raise OsrmError(f"stats are only used by regmean, not by {method!r}")
+    if stats is not None and not get_method(method).needs_stats:
+        raise OsrmError(f"stats are only used by {methods_with('needs_stats')}, not by {method!r}")
     adapters = load_adapters(adapter_dirs)
     grams = gram_lookup(stats, adapters) if stats is not None else None
     return merge_deltas(adapters, method, weights, grams=grams, **hp)

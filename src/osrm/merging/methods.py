@@ -1,4 +1,4 @@
-"""Merge methods in ΔW space: one signature, one registry (``METHODS``, at the bottom).
+"""Merge methods in ΔW space: one signature; registered in :mod:`osrm.merging.registry`.
 
 Every method merges the k task deltas of **one** module:
 ``fn(deltas (k, d_out, d_in), weights (k,), **hp) -> ΔW (d_out, d_in)``, in the deltas' dtype
@@ -11,15 +11,13 @@ tensors only: a global top-k over all parameters trims nothing when only q/v cha
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Sequence
-
 import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
 from osrm.merging.checks import (
     SIGN_METHODS,
+    check_below_one,
     check_choice,
     check_flag,
     check_fraction,
@@ -34,7 +32,18 @@ from osrm.merging.primitives import (
     trim_magnitude,
     weighted_sum,
 )
-from osrm.merging.structured import knots, regmean, tsv
+
+
+def check_sum(weights: Tensor) -> None:
+    """weight_average divides by Σ w_i."""
+    if abs(float(weights.sum())) < 1e-12:
+        raise OsrmError("weight_average: the weights sum to 0")
+
+
+def check_crumbs(gamma: float, density: float) -> None:
+    """Breadcrumbs drops the top ``gamma`` and keeps the next ``density``: both fit in 1."""
+    if gamma + density > 1 + 1e-12:
+        raise OsrmError(f"gamma + density must be <= 1, got {gamma} + {density}")
 
 
 def task_arithmetic(deltas: Tensor, weights: Tensor, *, scale: float = 1.0) -> Tensor:
@@ -46,9 +55,8 @@ def task_arithmetic(deltas: Tensor, weights: Tensor, *, scale: float = 1.0) -> T
 def weight_average(deltas: Tensor, weights: Tensor, *, scale: float = 1.0) -> Tensor:
     """λ · Σ w_i Δ_i / Σ w_i. Wortsman et al., "Model soups", ICML 2022."""
     x, w = prepare(deltas, weights, scale)
+    check_sum(w)
     total = float(w.sum())
-    if abs(total) < 1e-12:
-        raise OsrmError("weight_average: the weights sum to 0")
     return (scale / total * weighted_sum(x, w)).to(deltas.dtype)
 
 
@@ -107,10 +115,8 @@ def breadcrumbs(
     """
     x, w = prepare(deltas, weights, scale)
     density = check_fraction("density", density)
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma < 1:
-        raise OsrmError(f"gamma must be a number in [0, 1), got {gamma!r}")
-    if gamma + density > 1 + 1e-12:
-        raise OsrmError(f"gamma + density must be <= 1, got {gamma} + {density}")
+    check_below_one("gamma", gamma)
+    check_crumbs(gamma, density)
     kept = trim_magnitude(x, density, skip_top=gamma)
     return (scale * weighted_sum(kept, w)).to(deltas.dtype)
 
@@ -159,64 +165,3 @@ def dare_ties(
     dropped = scale_tasks_(drop_random(x, density, make_generator(seed, generator)), w)
     sign = elect_sign(dropped, majority_sign)
     return (scale * disjoint_mean(dropped, sign, w if normalize else None)).to(deltas.dtype)
-
-
-# name -> method; keys follow the literature (and peft/mergekit where they agree)
-METHODS: dict[str, Callable[..., Tensor]] = {
-    "weight_average": weight_average,
-    "task_arithmetic": task_arithmetic,
-    "ties": ties,
-    "dare_linear": dare_linear,
-    "dare_ties": dare_ties,
-    "magnitude_prune": magnitude_prune,
-    "breadcrumbs": breadcrumbs,
-    "knots": knots,
-    "tsv": tsv,
-    "regmean": regmean,
-}
-# exact in the LoRA factors: the merged adapter is a concatenation, no SVD needed
-LINEAR_METHODS = ("weight_average", "task_arithmetic")
-RANDOM_METHODS = ("dare_linear", "dare_ties")
-
-
-def get_method(name: str) -> Callable[..., Tensor]:
-    """The method registered under ``name``, or :class:`OsrmError` listing the valid names."""
-    if name not in METHODS:
-        raise OsrmError(f"merge method {name!r} is unknown; expected one of {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def hyperparameters(name: str) -> dict[str, object]:
-    """Hyperparameter name -> default (``inspect.Parameter.empty`` if required) of a method."""
-    params = inspect.signature(get_method(name)).parameters.values()
-    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-
-
-def check_hyperparameters(name: str, hp: dict) -> None:
-    """Raise :class:`OsrmError` listing the valid names if ``hp`` has an unknown key."""
-    valid = hyperparameters(name)
-    unknown = sorted(set(hp) - set(valid))
-    if unknown:
-        raise OsrmError(
-            f"merge method {name!r} has no hyperparameter {unknown[0]!r}; valid: {sorted(valid)}"
-        )
-
-
-def validate_hyperparameters(
-    name: str, hp: dict, weights: Sequence[float] | Tensor | None = None
-) -> None:
-    """Check a method's hyperparameter names *and values* (and task weights) before any work.
-
-    Values are checked where the method checks them, by merging a tiny zero stack, so the
-    errors are the method's own one-line :class:`OsrmError` messages.
-    """
-    fn = get_method(name)
-    check_hyperparameters(name, hp)
-    if "grams" in hp or "generator" in hp:
-        raise OsrmError(f"merge method {name!r}: grams and generator are not hyperparameters")
-    w = torch.ones(2) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    k = max(int(w.numel()), 1)
-    extra = {}
-    if name == "regmean":  # identity Gram matrices: any valid alpha and weights pass
-        extra["grams"] = torch.eye(2, dtype=torch.float64).expand(k, 2, 2)
-    fn(torch.zeros(k, 2, 2), w, **hp, **extra)

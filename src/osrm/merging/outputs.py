@@ -9,15 +9,12 @@ truncated SVD of each merged ΔW with its relative error reported.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from osrm.atomic import atomic_dir
@@ -25,9 +22,10 @@ from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.heads import use_head
 from osrm.manifest import seal_dir
-from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
+from osrm.merging.deltas import LoraDeltas
 from osrm.merging.heads import first_head, save_heads
 from osrm.merging.loading import load_adapters
+from osrm.merging.lora_files import concat_factors, pick_head, write_adapter
 from osrm.merging.manifest import (
     build_manifest,
     hp_record,
@@ -36,7 +34,12 @@ from osrm.merging.manifest import (
     write_manifest,
 )
 from osrm.merging.merge import GramLookup, StatsSource, gram_lookup, iter_merged, task_weights
-from osrm.merging.methods import LINEAR_METHODS, check_hyperparameters, get_method
+from osrm.merging.registry import (
+    check_hyperparameters,
+    get_method,
+    hyperparameters,
+    validate_hyperparameters,
+)
 from osrm.merging.spectral import factored_truncate, truncate
 
 Source = str | Path | Mapping[str, Tensor]
@@ -109,7 +112,6 @@ def save_merged_model(
         method, weights, stats, **hp: as in :func:`merge_adapters`.
         tasks: task names for the heads (default: osrm provenance or directory names).
     """
-    get_method(method)
     check_hyperparameters(method, hp)
     opened = open_sources(sources)
     tasks = task_names(opened, tasks)
@@ -170,36 +172,10 @@ class MergedAdapter:
     rel_errors: dict[str, float]  # ‖ΔW − BA‖_F / ‖ΔW‖_F (0 for exact concatenation)
 
 
-def _concat_factors(
-    sources: Sequence[LoraDeltas], coeffs: Tensor
-) -> dict[str, tuple[Tensor, Tensor]]:
-    """Module -> B (d_out, Σ r_i), A (Σ r_i, d_in) with B A = Σ c_i s_i B_i A_i exactly.
-
-    The outputs are allocated first and filled one adapter at a time, so only one adapter
-    file is mapped at once (a missing module is a zero delta: it adds no rank).
-    """
-    out, filled = {}, {}
-    for name in sorted(set().union(*sources)):
-        having = [s for s in sources if name in s]
-        rank = sum(s.modules[name].rank for s in having)
-        d_out, d_in = having[0].shape(name)
-        out[name] = (torch.empty(d_out, rank), torch.empty(rank, d_in))
-        filled[name] = 0
-    for source, c in zip(sources, coeffs.tolist(), strict=True):
-        with source.opened():
-            for name in source:
-                b, a = source.factors(name)
-                lo, hi = filled[name], filled[name] + a.shape[0]
-                torch.mul(b, c, out=out[name][0][:, lo:hi])
-                out[name][1][lo:hi].copy_(a)
-                filled[name] = hi
-    return out
-
-
 def _linear_coeffs(method: str, weights: Tensor, hp: Mapping) -> Tensor:
-    scale = hp.get("scale", 1.0)
-    get_method(method)(torch.zeros(len(weights), 1), weights, **hp)  # validates hp and weights
-    return scale * (weights / weights.sum() if method == "weight_average" else weights)
+    """c_i of a linear method's ΔW = Σ c_i Δ_i, after the method's own checks of hp and weights."""
+    validate_hyperparameters(method, hp, weights)  # the factors never pass through the method
+    return get_method(method).coeffs(weights, {**hyperparameters(method), **hp})
 
 
 def save_merged_adapter(
@@ -234,17 +210,17 @@ def save_merged_adapter(
     Returns:
         A :class:`MergedAdapter` report; the same numbers are in ``osrm_merge.json``.
     """
-    get_method(method)
     check_hyperparameters(method, hp)
     if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
         raise OsrmError(f"rank must be a positive integer or None, got {rank!r}")
     adapters = load_adapters(sources)
     tasks = task_names(adapters, tasks)
-    inside = _pick_head(adapters, tasks, head)
+    inside = pick_head(adapters, tasks, head)
     grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
     factors, errors = _merged_factors(adapters, method, weights, rank, exact_svd, grams, hp)
     ranks = {n: a.shape[0] for n, (_, a) in factors.items()}
-    report = MergedAdapter(Path(out_dir), method in LINEAR_METHODS and rank is None, ranks, errors)
+    exact = get_method(method).linear and rank is None
+    report = MergedAdapter(Path(out_dir), exact, ranks, errors)
     extra = {
         "rank": rank,
         "exact": report.exact,
@@ -267,7 +243,7 @@ def save_merged_adapter(
     pairs = ((f"{n} ({s})", t) for n, (b, a) in factors.items() for s, t in (("B", b), ("A", a)))
     check_finite(pairs, f"merged LoRA factors ({out_dir})")
     with atomic_dir(out_dir) as tmp:
-        _write_adapter(tmp, adapters[0].config, factors, head_tensors)
+        write_adapter(tmp, adapters[0].config, factors, head_tensors)
         manifest["heads"] = save_heads(tmp, adapters, tasks)
         write_manifest(tmp, manifest)
         seal_dir(tmp)
@@ -285,9 +261,9 @@ def _merged_factors(
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], dict[str, float]]:
     """Module -> output (B, A) float32, and module -> relative Frobenius error."""
     factors, errors = {}, {}
-    if method in LINEAR_METHODS:  # from the factors: no dense ΔW at all
+    if get_method(method).linear:  # from the factors: no dense ΔW at all
         coeffs = _linear_coeffs(method, task_weights(weights, len(adapters)), hp)
-        for name, (b, a) in _concat_factors(adapters, coeffs).items():
+        for name, (b, a) in concat_factors(adapters, coeffs).items():
             b, a, errors[name] = (b, a, 0.0) if rank is None else factored_truncate(b, a, rank)
             factors[name] = (b.float(), a.float())
         return factors, errors
@@ -296,49 +272,3 @@ def _merged_factors(
         b, a, errors[name] = truncate(delta, target, exact=exact_svd)
         factors[name] = (b.float(), a.float())
     return factors, errors
-
-
-def _pick_head(
-    adapters: Sequence[LoraDeltas], tasks: Sequence[str], head: str | bool
-) -> str | None:
-    with_heads = [t for a, t in zip(adapters, tasks, strict=True) if a.head_keys]
-    if head is False or not with_heads:
-        return None
-    if head is True:
-        return with_heads[0]
-    if head not in with_heads:
-        raise OsrmError(f"head {head!r}: expected one of the tasks with a head {with_heads}")
-    return head
-
-
-def _write_adapter(
-    directory: Path, template: Mapping, factors: Mapping, heads: Mapping[str, Tensor]
-) -> None:
-    """peft files for factors whose scale is folded into B (lora_alpha = r: scaling 1)."""
-    tensors = {f"base_model.model.{name}": t.contiguous() for name, t in heads.items()}
-    ranks = {}
-    for name, (b, a) in factors.items():
-        module = name.removesuffix(".weight")
-        tensors[f"base_model.model.{module}.lora_A.weight"] = a.contiguous()
-        tensors[f"base_model.model.{module}.lora_B.weight"] = b.contiguous()
-        ranks[module] = a.shape[0]
-    r = max(ranks.values())
-    # full dotted names, regex-escaped: peft reads pattern keys as regexes
-    pattern = {re.escape(m): rm for m, rm in ranks.items() if rm != r}
-    config = dict(template)
-    config.update(
-        r=r,
-        lora_alpha=r,
-        rank_pattern=pattern,
-        alpha_pattern=dict(pattern),
-        use_rslora=False,
-        target_modules=sorted(ranks),
-        init_lora_weights=True,
-        modules_to_save=template.get("modules_to_save") if heads else None,
-        inference_mode=True,
-        layers_to_transform=None,
-        layers_pattern=None,
-        exclude_modules=None,
-    )
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

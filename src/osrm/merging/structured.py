@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
-from osrm.merging.checks import SIGN_METHODS, check_choice, check_fraction, prepare
+from osrm.merging.checks import SIGN_METHODS, check_choice, check_fraction, check_unit, prepare
 from osrm.merging.primitives import (
     disjoint_mean,
     elect_sign,
@@ -23,6 +23,12 @@ from osrm.merging.spectral import block_svd, polar, thin_svd
 
 KNOTS_INNER = ("ties", "task_arithmetic")
 GRAM_KINDS = ("mean", "sum")  # regmean: per-token second moments, or the paper's raw sums
+
+
+def check_positive(weights: Tensor) -> None:
+    """RegMean weights scale Gram matrices: they must be positive."""
+    if (weights <= 0).any():
+        raise OsrmError(f"regmean: weights must be positive, got {weights.tolist()}")
 
 
 def knots(
@@ -122,10 +128,8 @@ def regmean(
     k, d_out, d_in = x.shape if x.ndim == 3 else (0, 0, 0)
     if x.ndim != 3 or tuple(grams.shape) != (k, d_in, d_in):
         raise OsrmError(f"grams: expected shape {(k, d_in, d_in)}, got {tuple(grams.shape)}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise OsrmError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    if (w <= 0).any():
-        raise OsrmError(f"regmean: weights must be positive, got {w.tolist()}")
+    check_unit("alpha", alpha)
+    check_positive(w)
     g = grams.double()
     g = alpha * g + (1 - alpha) * torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))
     g = g * w.double()[:, None, None]
