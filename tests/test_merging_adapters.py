@@ -137,7 +137,7 @@ def test_fan_in_fan_out_layout_and_dense_merge(tmp_path):
 def test_identity_merge_of_one_adapter(tmp_path, name):
     path, _ = make_adapter(tmp_path / "a", 0)
     hp = dict(IDENTITY_HP[name])
-    if name == "regmean":
+    if METHODS[name].needs_stats:
         hp["stats"] = [stats_file(tmp_path, "a", 0)]
     merged = merge_adapters([path], name, [1.0], **hp)
     expected = lora_deltas(path)

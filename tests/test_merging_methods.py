@@ -39,9 +39,9 @@ def spd(k: int, d: int, seed: int = 0) -> torch.Tensor:
 
 
 def extra_inputs(name: str, deltas: torch.Tensor) -> dict:
-    """Inputs a method needs beyond the deltas (every registry key must be listed here)."""
+    """Inputs a method needs beyond the deltas: Gram matrices for statistics-based methods."""
     k, d_in = deltas.shape[0], deltas.shape[-1]
-    return {"regmean": {"grams": spd(k, d_in)}}.get(name, {})
+    return {"grams": spd(k, d_in)} if METHODS[name].needs_stats else {}
 
 
 # hyperparameters that make each method return a single task's delta unchanged

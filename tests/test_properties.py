@@ -213,7 +213,7 @@ def deltas(draw):
 def test_every_method_is_finite_shaped_seeded_and_zero_at_scale_zero(stack, name):
     """All ten methods (random ones included) on random shapes and magnitudes."""
     x, w, grams = stack
-    extra = {"grams": grams} if name == "regmean" else {}
+    extra = {"grams": grams} if METHODS[name].needs_stats else {}
     out = METHODS[name](x, w, **extra)
     assert out.shape == x.shape[1:] and out.dtype == x.dtype and torch.isfinite(out).all()
     again = METHODS[name](x, w, **extra)
