@@ -29,14 +29,14 @@ OVERRIDES = [
 
 
 def main() -> dict:
-    from osrm import pipeline
+    from osrm import pipeline, rundir
 
     parser = common.new_parser(__doc__)
     parser.add_argument("--run-dir", default="runs/bench/decoder")
     common.add_json(parser, help=None, default=str(common.RESULTS / "decoder.json"))
     args = parser.parse_args()
     common.setup_torch()
-    pipeline.clear_run_dir(Path(args.run_dir))  # a leftover run would be reused, not timed
+    rundir.clear_run_dir(Path(args.run_dir))  # a leftover run would be reused, not timed
     start = time.perf_counter()
     out = pipeline.run(CONFIG, [*OVERRIDES, f"run_dir={args.run_dir}"])
     cfg = out["cfg"]

@@ -85,10 +85,10 @@ LIMITS = {
 
 
 def run_seed(seed: int, overrides: list[str], run_root: Path) -> dict:
-    from osrm import pipeline
+    from osrm import pipeline, rundir
 
     run_dir = run_root / f"seed{seed}"
-    pipeline.clear_run_dir(run_dir)  # a leftover run would be reused, not timed
+    rundir.clear_run_dir(run_dir)  # a leftover run would be reused, not timed
     start = time.perf_counter()
     out = pipeline.run(CONFIG, [*overrides, f"seed={seed}", f"run_dir={run_dir}"])
     cfg = out["cfg"]

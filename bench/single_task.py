@@ -20,16 +20,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import common  # noqa: E402
 from osrm.config import load_config  # noqa: E402
-from osrm.pipeline import (  # noqa: E402
-    DEMO_CONFIG,
-    adapter_stage,
-    clear_run_dir,
-    eval_task,
-    load_adapter_model,
-    load_base,
-    stats_stage,
-)
+from osrm.models import load_base  # noqa: E402
+from osrm.pipeline import DEMO_CONFIG  # noqa: E402
 from osrm.report import markdown_table  # noqa: E402
+from osrm.rundir import clear_run_dir  # noqa: E402
+from osrm.stages.common import eval_task, load_adapter_model  # noqa: E402
+from osrm.stages.statistics import stats_stage  # noqa: E402
+from osrm.stages.training import adapter_stage  # noqa: E402
 from osrm.tasks import get_task  # noqa: E402
 
 TASKS = "rotten_tomatoes,trec,sms_spam,tweet_sentiment,vitaminc,vader_movies"

@@ -10,7 +10,9 @@ from osrm.adapters import lora_layers
 from osrm.config import load_config
 from osrm.data import batches, encode
 from osrm.models import load_model
-from osrm.pipeline import DEMO_CONFIG, eval_task, load_adapter_model, train_task
+from osrm.pipeline import DEMO_CONFIG
+from osrm.stages.common import eval_task, load_adapter_model
+from osrm.stages.training import train_task
 from osrm.stats import collect_stats
 from osrm.subspace import osrm_bases
 from osrm.tasks import load_task

@@ -21,14 +21,15 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-import osrm.commands
+import osrm.pipeline
 from conftest import synthetic_batches
 from osrm.atomic import write_safetensors
 from osrm.cli import main
 from osrm.config import load_config
 from osrm.heads import adapter_head, head_outputs, use_head
 from osrm.merging import load_adapters, load_head, merge_deltas, read_manifest
-from osrm.stages.common import eval_task, load_base, task_spec
+from osrm.models import load_base
+from osrm.stages.common import eval_task, task_spec
 from osrm.stages.evaluation import merged_into
 from tiny_workspace import make_workspace, tree
 
@@ -66,7 +67,7 @@ def logits(model, batches=BATCHES) -> torch.Tensor:
 def eval_cli(ws: Path, merged: Path, task: str, monkeypatch, capsys) -> dict:
     """``osrm eval --merged`` with the workspace's settings (its tasks are user task blocks)."""
     cfg = cfg_of(ws)
-    monkeypatch.setattr(osrm.commands, "get_task", lambda name: task_spec(cfg, name))
+    monkeypatch.setattr(osrm.pipeline, "get_task", lambda name: task_spec(cfg, name))
     capsys.readouterr()
     args = ["-q", "eval", "--merged", str(merged), "--task", task, "--split", cfg.eval.split,
             "--max-length", str(cfg.train.max_length), "--batch-size", str(cfg.eval.batch_size),
@@ -261,7 +262,7 @@ def test_corrupt_json_beside_weights_is_one_line(
     ws, tmp_path, capsys, monkeypatch, where, name, names
 ):
     cfg = cfg_of(ws)
-    monkeypatch.setattr(osrm.commands, "get_task", lambda task: task_spec(cfg, task))
+    monkeypatch.setattr(osrm.pipeline, "get_task", lambda task: task_spec(cfg, task))
     if where == "adapter":  # a copy without osrm's sha256 manifest, as if from elsewhere
         target = tmp_path / "adapter"
         shutil.copytree(adapters(ws)[0], target)

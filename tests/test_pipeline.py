@@ -178,7 +178,7 @@ def test_contrast_frozen_init_keeps_a_and_uses_its_own_lr_and_steps(tiny_run):
 def test_run_dir_of_an_older_version_is_not_refused(tiny_run):
     """A setting added later (here train.frozen_a_steps, at its default) is not a changed setting;
     a setting that really differs still is."""
-    from osrm.pipeline import prepare
+    from osrm.stages.preparation import prepare
 
     config, run_dir = tiny_run
     prepare(config)
@@ -194,7 +194,8 @@ def test_run_dir_of_an_older_version_is_not_refused(tiny_run):
 
 
 def test_clear_run_dir_removes_only_osrm_runs(tiny_run, tmp_path):
-    from osrm.pipeline import clear_run_dir, prepare
+    from osrm.rundir import clear_run_dir
+    from osrm.stages.preparation import prepare
 
     config, run_dir = tiny_run
     prepare(config)

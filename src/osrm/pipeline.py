@@ -1,206 +1,81 @@
-"""The main job: statistics → OSRM bases → adapters → merges → evaluation → report.
+"""Every osrm command: the main job (statistics → OSRM bases → adapters → merges → evaluation →
+report) and the commands on the user's own artifacts (merge adapters, evaluate one model,
+rebuild a report).
 
-Every stage reads and writes one run directory and skips work whose artifact already exists for
-the same inputs, so re-running a command after an interruption continues where it stopped.
-Library modules take in-memory objects; only the stages (and the CLI) touch paths.
+Every stage reads and writes one run directory (:mod:`osrm.rundir`) and skips work whose
+artifact already exists for the same inputs, so re-running a command after an interruption
+continues where it stopped. Library modules take in-memory objects; only the stages
+(:mod:`osrm.stages`), these recipes and the CLI touch paths.
 """
 
 from __future__ import annotations
 
-import logging
-import shutil
+import argparse
+import os
 from pathlib import Path
 
-import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
+import yaml
 
 from osrm import __version__, distributed
-from osrm.adapters import RUN_ADAPTER_FILES
-from osrm.atomic import read_yaml
-from osrm.config import ExperimentConfig, dump_config, load_config, parse_config
+from osrm.adapters import load_adapter
+from osrm.config import ExperimentConfig, load_config
+from osrm.diagnostics import summarise_interference
 from osrm.errors import OsrmError
-from osrm.manifest import verify_dir
-from osrm.models import load_error, resolve_model
-from osrm.report import markdown_table, table_columns
-from osrm.rundir import check_run_dir, lock_run_dir, run_path, unlock_run_dir
-from osrm.stages.common import (
-    TaskStats,
-    eval_task,
-    load_adapter_model,
-    load_base,
-    lora_config,
-    resolve_device,
-    task_spec,
+from osrm.evaluate import evaluate
+from osrm.merging import (
+    MANIFEST_FILE,
+    get_method,
+    load_adapters,
+    lora_deltas,
+    save_merged_adapter,
+    save_merged_model,
+    validate_hyperparameters,
+)
+from osrm.models import load_base, load_merged, load_model
+from osrm.report import (
+    markdown_table,
+    read_interference,
+    read_results,
+    subspace_table,
+    table_columns,
+)
+from osrm.rundir import (
+    CONFIG_FILE,
+    INTERFERENCE_FILE,
+    RESULTS_FILE,
+    SUBSPACE_REPORT_FILE,
+    discard_unverified_adapters,
+    run_dir_locked,
+    run_path,
+    stats_file,
     write_json,
-    write_text,
 )
-from osrm.stages.evaluation import (
-    eval_stage,
-    interference_stage,
-    merge_grid,
-    summarise_interference,
-)
+from osrm.safety import require_safetensors
+from osrm.stages.common import TaskStats
+from osrm.stages.evaluation import eval_stage, interference_stage
+from osrm.stages.preparation import check_rank, prepare, release
 from osrm.stages.reporting import report_stage
-from osrm.stages.statistics import stats_stage, subspace_stage, subspace_table
-from osrm.stages.training import INIT_MODES, adapter_stage, train_task
-from osrm.stats import StatsMeta, find_target_modules, input_dim
-from osrm.tasks import get_task, task_sizes
+from osrm.stages.statistics import stats_stage, subspace_stage
+from osrm.stages.training import adapter_stage
+from osrm.stats import StatsMeta
+from osrm.tasks import get_task
 
-log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")
-# Sections that change artifacts: a run directory made with other values is not reused.
-PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval")
-
-__all__ = [
-    "DEMO_CONFIG", "adapter_stage", "check_run_dir", "eval_task", "load_adapter_model",
-    "load_base", "lora_config", "prepare", "release", "run", "stats_stage", "task_spec",
-    "train_task",
-]  # fmt: skip
+STAGES = ("stats", "train", "eval", "report")
 
 
-def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Load and validate the config, lock and create the run directory, record the config.
-
-    Everything that can be checked without the model's weights is checked before anything is
-    written: the run directory, the model (its config built on the meta device: device, target
-    modules, rank), every task's data and the splits the run uses, the merge grid. A mistake
-    therefore leaves no ``config.yaml`` behind that would refuse the corrected command. The run
-    directory stays locked (:mod:`osrm.locking`) until :func:`release` or the process ends.
-
-    Raises:
-        OsrmError: a bad config, model, task or merge setting, a run directory that holds a
-            run made with different settings, is not an osrm run, holds a symbolic link, or is
-            in use by another osrm process.
-    """
-    cfg = load_config(config, overrides)
-    run_dir = Path(cfg.run_dir)
-    check_run_dir(run_dir)
-    check_recorded(cfg, run_dir)
-    for entry in cfg.tasks:
-        if isinstance(entry, str):
-            try:
-                get_task(entry)
-            except OsrmError as e:
-                raise OsrmError(f"{config}: tasks: {e}") from None
-    check_model(cfg)
-    for task in cfg.task_names:  # cached: the stages reuse what is loaded here
-        check_splits(cfg, task)
-    merge_grid(cfg)
-    distributed.barrier()  # every process compared against the old config.yaml
-    lock_run_dir(run_dir)  # the main process: held for the whole command
+def run(
+    config: str | Path, overrides: list[str] | tuple[str, ...] = (), *, until: str = "report"
+) -> dict:
+    """Run the stages up to ``until`` (``stats``, ``train``, ``eval`` or ``report``)."""
+    if until not in STAGES:
+        raise OsrmError(f"until {until!r}: expected one of {list(STAGES)}")
+    cfg = prepare(config, overrides)
     try:
-        if distributed.is_main():
-            check_recorded(cfg, run_dir)  # written by another process since the check above?
-        write_text(run_path(run_dir, "config.yaml"), dump_config(cfg))  # by the main process
-    except BaseException:
-        unlock_run_dir(run_dir)
-        raise
-    distributed.barrier()
-    torch.manual_seed(cfg.seed)
-    return cfg
-
-
-def release(cfg: ExperimentConfig) -> None:
-    """Unlock the run directory taken by :func:`prepare`."""
-    unlock_run_dir(Path(cfg.run_dir))
-
-
-def check_recorded(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """A run directory's ``config.yaml``, if any, was made with the same pinned sections."""
-    recorded = run_dir / "config.yaml"
-    if not recorded.is_file():
-        return
-    old = recorded_config(recorded)
-    new = cfg.model_dump(mode="json")
-    changed = [k for k in PINNED if old.get(k) != new.get(k)]
-    if changed:
-        raise OsrmError(
-            f"{run_dir} holds a run made with a different '{changed[0]}' section; use another "
-            "run_dir or delete it (only the merge section may change between runs)"
-        )
-
-
-def check_model(cfg: ExperimentConfig) -> None:
-    """The device exists, and the model's skeleton (its config on the meta device, no weights)
-    has the target modules, with an input dimension of at least ``lora.rank``."""
-    resolve_device(cfg.model.device)
-    name = cfg.model.name
-    path = resolve_model(name)
-    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
-        raise OsrmError(
-            f"model.name {name!r}: {path} has no *.safetensors weights; osrm loads weights from "
-            "safetensors only (pickle files such as pytorch_model.bin can run code when loaded)"
-        )
-    remote = cfg.model.trust_remote_code
-    try:
-        model_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
-        with torch.device("meta"):
-            skeleton = AutoModelForSequenceClassification.from_config(
-                model_config, trust_remote_code=remote
-            )
-    except (OSError, ValueError) as e:
-        raise load_error(name, path, e) from None
-    try:
-        check_rank(cfg, skeleton)
-    except OsrmError as e:
-        raise OsrmError(f"lora.target_modules: {e}" if "matches" in str(e) else str(e)) from None
-
-
-def check_splits(cfg: ExperimentConfig, task: str) -> None:
-    """The splits the run uses (train; ``eval.split``) have examples."""
-    sizes = task_sizes(task_spec(cfg, task), seed=cfg.seed)
-    for split in dict.fromkeys(("train", cfg.eval.split)):
-        if sizes[split] == 0:
-            hint = "add rows" if split == "train" else f"give a {split} file or raise its fraction"
-            raise OsrmError(
-                f"tasks: task {task!r} has no {split} examples (splits: "
-                f"{', '.join(f'{k} {v}' for k, v in sizes.items())}); {hint}"
-            )
-
-
-def recorded_config(path: Path) -> dict:
-    """A run directory's ``config.yaml`` with today's defaults filled in, so that a setting added
-    by a later osrm version does not make an older run look different; as written if it no longer
-    parses."""
-    old = read_yaml(path, "the run's recorded config")
-    try:
-        return parse_config(old, str(path)).model_dump(mode="json")
-    except OsrmError:
-        return old
-
-
-def clear_run_dir(run_dir: Path) -> None:
-    """Delete an osrm run directory so that the next run starts from nothing (the benchmarks time
-    the whole work, not a re-run that finds it done). Refuses a directory that is not ours."""
-    check_run_dir(run_dir)
-    if run_dir.is_dir():
-        shutil.rmtree(run_dir)
-
-
-def check_rank(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
-    """LoRA's rank cannot exceed a target module's input dimension (OSRM's bases are r of d)."""
-    for name, module in find_target_modules(model, cfg.lora.target_modules).items():
-        if cfg.lora.rank > input_dim(module):
-            raise OsrmError(
-                f"lora.rank {cfg.lora.rank} exceeds the input dimension {input_dim(module)} "
-                f"of target module {name}"
-            )
-
-
-def discard_unverified_adapters(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """Remove adapter folders whose manifest does not verify, so the training stage redoes them.
-
-    The stage itself trusts a folder whose ``training.json`` matches; this makes sure a folder
-    with a missing, altered or truncated file never gets that far.
-    """
-    for init in cfg.lora.inits:
-        for task in cfg.task_names:
-            path = run_path(run_dir, "adapters", init, task)
-            problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
-            if problem:
-                log.warning("adapter %s/%s: %s; training it again", init, task, problem)
-                shutil.rmtree(path)
+        return _stages(cfg, until)
+    finally:
+        release(cfg)
 
 
 def statistics(cfg: ExperimentConfig) -> tuple[TaskStats, dict[str, StatsMeta], str]:
@@ -211,24 +86,10 @@ def statistics(cfg: ExperimentConfig) -> tuple[TaskStats, dict[str, StatsMeta], 
     stats, metas = stats_stage(cfg, run_dir, model, tokenizer)
     summary = subspace_stage(cfg, stats, metas)
     write_json(
-        run_path(run_dir, "subspace_report.json"), {"osrm_version": __version__, "modes": summary}
+        run_path(run_dir, SUBSPACE_REPORT_FILE), {"osrm_version": __version__, "modes": summary}
     )
     d_in = next(iter(next(iter(stats.values())).values())).d_in
     return stats, metas, subspace_table(summary, (cfg.lora.rank, d_in))
-
-
-def run(
-    config: str | Path, overrides: list[str] | tuple[str, ...] = (), *, until: str = "report"
-) -> dict:
-    """Run the stages up to ``until`` (``stats``, ``train``, ``eval`` or ``report``)."""
-    stages = ("stats", "train", "eval", "report")
-    if until not in stages:
-        raise OsrmError(f"until {until!r}: expected one of {list(stages)}")
-    cfg = prepare(config, overrides)
-    try:
-        return _stages(cfg, until)
-    finally:
-        release(cfg)
 
 
 def _stages(cfg: ExperimentConfig, until: str) -> dict:
@@ -244,10 +105,10 @@ def _stages(cfg: ExperimentConfig, until: str) -> dict:
     out["adapters"] = adapters
     if until == "train":
         return out
-    stats_paths = {t: run_path(run_dir, "stats", f"{t}.safetensors") for t in cfg.task_names}
+    stats_paths = {t: stats_file(run_dir, t) for t in cfg.task_names}
     results = eval_stage(cfg, run_dir, adapters, stats_paths)
     matrices = interference_stage(cfg, adapters, stats)
-    write_json(run_path(run_dir, "interference.json"), matrices)
+    write_json(run_path(run_dir, INTERFERENCE_FILE), matrices)
     out.update(results=results, interference=matrices)
     if until == "eval":
         return out
@@ -282,4 +143,122 @@ def demo(
     return out
 
 
-__all__ += ["INIT_MODES", "demo", "print_summary", "statistics"]
+def report(run_dir: str | Path) -> dict:
+    """``osrm report RUN_DIR``: rebuild the report from the run's config and results."""
+    run_dir = Path(run_dir)
+    config = run_dir / CONFIG_FILE
+    if not config.is_file():
+        raise OsrmError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
+    cfg = load_config(config)
+    results = read_results(run_dir / RESULTS_FILE)
+    if not results:
+        raise OsrmError(
+            f"{run_dir}/{RESULTS_FILE}: no results yet; run `osrm run` or `osrm eval` first"
+        )
+    inter = run_dir / INTERFERENCE_FILE
+    matrices = read_interference(inter) if inter.is_file() else {}
+    with run_dir_locked(run_dir):
+        return report_stage(cfg, run_dir, results, matrices)["paths"]
+
+
+def resolve_adapter(name: str) -> str:
+    """A local adapter directory, or (online only) a hub repository downloaded to the cache."""
+    if Path(name).is_dir():
+        return name
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise OsrmError(
+            f"adapter {name!r}: no such directory, and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
+    from huggingface_hub import snapshot_download
+
+    patterns = ["adapter_config.json", "adapter_model.safetensors", "osrm_provenance.json"]
+    return snapshot_download(name, allow_patterns=patterns)
+
+
+def _hyperparameters(args: argparse.Namespace) -> dict:
+    hp = {k: getattr(args, k) for k in ("scale", "density", "seed") if getattr(args, k) is not None}
+    if getattr(args, "normalize", False):  # TIES/DARE-TIES: mergekit's weighted disjoint mean
+        hp["normalize"] = True
+    for item in args.hp:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise OsrmError(f"--hp {item!r}: expected key=value")
+        hp[key] = yaml.safe_load(raw)
+    return hp
+
+
+def check_output(out: Path, force: bool) -> None:
+    """``--out`` may be new, or (with ``--force``) an earlier ``osrm merge`` output: never a
+    file or a folder that osrm did not write."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise OsrmError(f"--out {out} already exists; pass --force to replace it")
+    if out.is_symlink() or not (out / MANIFEST_FILE).is_file():
+        raise OsrmError(
+            f"--out {out} exists and is not an osrm merge output (no {MANIFEST_FILE}); "
+            "refusing to replace it, choose another --out"
+        )
+
+
+def merge(args: argparse.Namespace) -> dict:
+    """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with manifests."""
+    out = Path(args.out)
+    check_output(out, args.force)
+    get_method(args.method)
+    if args.weights is not None and len(args.weights) != len(args.adapters):
+        raise OsrmError(
+            f"--weights: expected {len(args.adapters)} values (one per adapter), "
+            f"got {len(args.weights)}"
+        )
+    hp = _hyperparameters(args)
+    try:
+        validate_hyperparameters(args.method, hp, args.weights or [1.0] * len(args.adapters))
+    except OsrmError as e:
+        raise OsrmError(f"--method {args.method}: {e}") from None
+    if (args.method == "regmean") != bool(args.stats):
+        raise OsrmError("--stats (one statistics file per adapter) goes with --method regmean only")
+    dirs = [resolve_adapter(a) for a in args.adapters]
+    common = {"stats": args.stats, "tasks": args.tasks, **hp}
+    if args.format == "lora":
+        res = save_merged_adapter(dirs, out, args.method, args.weights, rank=args.rank, **common)
+        worst = max(res.rel_errors.values(), default=0.0)
+        return {"output": str(res.path), "format": "lora", "exact": res.exact,
+                "max_rank": max(res.ranks.values()), "max_relative_error": worst}  # fmt: skip
+    if args.rank is not None:
+        raise OsrmError("--rank applies to --format lora only")
+    sources = load_adapters(dirs)  # checked (same base, finite, manifests) before the model loads
+    base = args.base or sources[0].base_model
+    if not base:
+        raise OsrmError(f"{dirs[0]}: adapter_config.json names no base model; pass --base")
+    # the head drawn here is replaced by the first task's trained head before anything is saved
+    model, _ = load_model(base, 2)
+    save_merged_model(model, sources, out, args.method, args.weights, **common)
+    return {
+        "output": str(out),
+        "format": "dense",
+        "base_model": base,
+        "manifest": str(out / MANIFEST_FILE),
+    }
+
+
+def eval_one(args: argparse.Namespace) -> dict:
+    """``osrm eval --adapter DIR | --merged DIR --task T``: one model's metrics on one task."""
+    if not args.task or bool(args.adapter) == bool(args.merged):
+        raise OsrmError("evaluate one model with --task and exactly one of --adapter or --merged")
+    spec = get_task(args.task)
+    if args.adapter:
+        adapter = resolve_adapter(args.adapter)
+        require_safetensors(adapter)
+        base = args.base or lora_deltas(adapter).base_model
+        if not base:
+            raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
+        model, tokenizer = load_model(base, spec.num_labels)
+        model = load_adapter(model, adapter).eval()
+    else:
+        model, tokenizer = load_merged(args.merged, args.task, args.base)
+    scores = evaluate(
+        model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
+        batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
+    )  # fmt: skip
+    return {"task": args.task, "split": args.split, **scores}

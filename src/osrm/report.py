@@ -199,3 +199,33 @@ def csv_table(rows: Sequence[Mapping[str, object]], columns: Mapping[str, str]) 
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def interference_rows(
+    matrices: Mapping[str, Mapping[str, Mapping[str, float]]],
+) -> list[dict[str, object]]:
+    """One row per (init, adapter j): ratios on every task's inputs."""
+    return [
+        {"init": init, "adapter": j, **row} for init, m in matrices.items() for j, row in m.items()
+    ]
+
+
+def subspace_table(summary: dict[str, list[dict]], dims: tuple[int, int]) -> str:
+    """Markdown: per mode, mean over tasks of the captured energies (%) and the overlap."""
+    rows = []
+    for mode, per_task in summary.items():
+        mean = {k: sum(r[k] for r in per_task) / len(per_task) for k in per_task[0] if k != "task"}
+        rows.append(
+            {"mode": mode, **{k: 100 * v if k != "overlap" else v for k, v in mean.items()}}
+        )
+    # for random subspaces E‖A_i A_jᵀ‖²_F / r = r / d
+    rank, d_in = dims
+    rows.append({"mode": "random A", "other": rows[0]["other_random"],
+                 "own": rows[0]["own_random"], "overlap": rank / d_in})  # fmt: skip
+    columns = {
+        "mode": "A init",
+        "other": "other tasks' energy %",
+        "own": "own task's energy %",
+        "overlap": "overlap between tasks",
+    }
+    return markdown_table(rows, columns)

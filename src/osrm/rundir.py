@@ -1,4 +1,5 @@
-"""The run directory: what may be in it, where osrm writes inside it, and its lock.
+"""The run directory: its layout, what may be in it, where osrm writes inside it, its lock, and
+whether what is in it may be reused.
 
 Every path osrm writes inside a run directory is built by :func:`run_path`, which refuses a
 symbolic link anywhere below the run directory (``adapters -> /elsewhere`` would send the
@@ -8,14 +9,24 @@ writes elsewhere). :func:`check_run_dir` refuses such links up front, before any
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from osrm import distributed, locking
+from osrm.adapters import RUN_ADAPTER_FILES
+from osrm.atomic import atomic_file, read_yaml
+from osrm.config import ExperimentConfig, dump_config, parse_config
 from osrm.errors import OsrmError
-from osrm.safety import ensure_inside
+from osrm.manifest import verify_dir
+from osrm.report import hp_string
+from osrm.safety import check_name, ensure_inside
 
+log = logging.getLogger(__name__)
 LOCK_FILE = ".osrm.lock"
 
 
@@ -46,7 +57,7 @@ def check_run_dir(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise OsrmError(f"run_dir {run_dir}: exists and is not a directory")
     visible = run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir())
-    if visible and not (run_dir / "config.yaml").is_file():
+    if visible and not (run_dir / CONFIG_FILE).is_file():
         raise OsrmError(
             f"run_dir {run_dir}: exists, is not empty and holds no osrm run (no config.yaml); "
             "choose a new or empty directory"
@@ -81,3 +92,107 @@ def run_dir_locked(run_dir: Path) -> Iterator[None]:
     check_run_dir(run_dir)
     with locking.held(run_path(run_dir, LOCK_FILE), f"run_dir {run_dir}"):
         yield
+
+
+# The layout of a run directory: every name osrm reads or writes inside one, defined here only.
+CONFIG_FILE = "config.yaml"
+RESULTS_FILE = "results.jsonl"
+INTERFERENCE_FILE = "interference.json"
+SUBSPACE_REPORT_FILE = "subspace_report.json"
+REPORT_FILES = {"markdown": "results.md", "csv": "results.csv", "html": "report.html"}
+PLOT_FILES = {
+    "scale": "plot_scale.png", "best": "plot_best.png", "interference": "plot_interference.png",
+}  # fmt: skip
+STATS_DIR, ADAPTERS_DIR, MERGED_DIR = "stats", "adapters", "merged"
+# Sections that change artifacts: a run directory made with other values is not reused.
+PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval")
+
+
+def stats_file(run_dir: Path, task: str) -> Path:
+    """``stats/<task>.safetensors``: one task's activation statistics."""
+    return run_path(run_dir, STATS_DIR, f"{task}.safetensors")
+
+
+def adapter_dir(run_dir: Path, init: str, task: str) -> Path:
+    """``adapters/<init>/<task>``: one trained adapter."""
+    return run_path(run_dir, ADAPTERS_DIR, init, task)
+
+
+def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
+    """``merged/<init>/<method>/<hyperparameters>``: one folder name each, inside ``run_dir``."""
+    name = check_name(hp_string(hp) or "default", f"merge.methods.{method} (as a folder name)")
+    return ensure_inside(run_dir, run_path(run_dir, MERGED_DIR, init, method, name), "merge.save")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Text artifact, written atomically (by the main process only)."""
+    if distributed.is_main():
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return path
+
+
+def write_json(path: Path, data: object) -> None:
+    """JSON artifact, written atomically (by the main process only)."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def recorded_config(path: Path) -> dict:
+    """A run directory's ``config.yaml`` with today's defaults filled in, so that a setting added
+    by a later osrm version does not make an older run look different; as written if it no longer
+    parses."""
+    old = read_yaml(path, "the run's recorded config")
+    try:
+        return parse_config(old, str(path)).model_dump(mode="json")
+    except OsrmError:
+        return old
+
+
+def check_recorded(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """A run directory's ``config.yaml``, if any, was made with the same pinned sections."""
+    recorded = run_dir / CONFIG_FILE
+    if not recorded.is_file():
+        return
+    old = recorded_config(recorded)
+    new = cfg.model_dump(mode="json")
+    changed = [k for k in PINNED if old.get(k) != new.get(k)]
+    if changed:
+        raise OsrmError(
+            f"{run_dir} holds a run made with a different '{changed[0]}' section; use another "
+            "run_dir or delete it (only the merge section may change between runs)"
+        )
+
+
+def record_config(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Lock ``run_dir`` (held until :func:`unlock_run_dir`) and write its ``config.yaml``."""
+    lock_run_dir(run_dir)  # the main process: held for the whole command
+    try:
+        if distributed.is_main():
+            check_recorded(cfg, run_dir)  # written by another process since the first check?
+        write_text(run_path(run_dir, CONFIG_FILE), dump_config(cfg))  # by the main process
+    except BaseException:
+        unlock_run_dir(run_dir)
+        raise
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete an osrm run directory so that the next run starts from nothing (the benchmarks time
+    the whole work, not a re-run that finds it done). Refuses a directory that is not ours."""
+    check_run_dir(run_dir)
+    if run_dir.is_dir():
+        shutil.rmtree(run_dir)
+
+
+def discard_unverified_adapters(cfg: ExperimentConfig, run_dir: Path) -> None:
+    """Remove adapter folders whose manifest does not verify, so the training stage redoes them.
+
+    The stage itself trusts a folder whose ``training.json`` matches; this makes sure a folder
+    with a missing, altered or truncated file never gets that far.
+    """
+    for init in cfg.lora.inits:
+        for task in cfg.task_names:
+            path = adapter_dir(run_dir, init, task)
+            problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
+            if problem:
+                log.warning("adapter %s/%s: %s; training it again", init, task, problem)
+                shutil.rmtree(path)

@@ -34,13 +34,12 @@ from osrm.merging import (
 )
 from osrm.merging.manifest import build_manifest, hp_record
 from osrm.merging.outputs import write_dense
+from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
-from osrm.rundir import run_path
-from osrm.safety import check_name, ensure_inside
-from osrm.stages.common import TaskStats, eval_task, load_adapter_model, load_base, task_spec
+from osrm.rundir import RESULTS_FILE, merged_dir, run_path
+from osrm.stages.common import TaskStats, eval_task, load_adapter_model, task_spec
 
 log = logging.getLogger(__name__)
-RESULTS_FILE = "results.jsonl"
 
 
 def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -66,12 +65,6 @@ def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
                 raise OsrmError(f"merge.methods.{method}: {e}") from None
             grid.append((method, hp))
     return grid
-
-
-def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
-    """``merged/<init>/<method>/<hyperparameters>``: one folder name each, inside ``run_dir``."""
-    name = check_name(hp_string(hp) or "default", f"merge.methods.{method} (as a folder name)")
-    return ensure_inside(run_dir, run_path(run_dir, "merged", init, method, name), "merge.save")
 
 
 @contextmanager
@@ -197,15 +190,6 @@ def interference_stage(
             (source,) = load_adapters([adapters[init, task]])
             deltas[task] = {name.removesuffix(".weight"): source[name] for name in source}
         out[init] = interference_matrix(deltas, stats_by_task)
-    return out
-
-
-def summarise_interference(matrices: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict:
-    """Per init, the mean off-diagonal ratio (lower = adapters disturb each other less)."""
-    out = {}
-    for init, m in matrices.items():
-        off = [v for j, row in m.items() for t, v in row.items() if j != t]
-        out[init] = sum(off) / len(off) if off else float("nan")
     return out
 
 

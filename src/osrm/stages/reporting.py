@@ -9,20 +9,19 @@ from pathlib import Path
 
 from osrm import __version__
 from osrm.config import ExperimentConfig, dump_config
+from osrm.diagnostics import summarise_interference
 from osrm.plots import plot_best_bars, plot_interference, plot_scale_curves
-from osrm.report import Result, csv_table, markdown_table, results_table, table_columns
-from osrm.rundir import run_path
-from osrm.stages.common import write_text
-from osrm.stages.evaluation import summarise_interference
+from osrm.report import (
+    Result,
+    csv_table,
+    interference_rows,
+    markdown_table,
+    results_table,
+    table_columns,
+)
+from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
 
 Matrices = Mapping[str, Mapping[str, Mapping[str, float]]]
-
-
-def interference_rows(matrices: Matrices) -> list[dict[str, object]]:
-    """One row per (init, adapter j): ratios on every task's inputs."""
-    return [
-        {"init": init, "adapter": j, **row} for init, m in matrices.items() for j, row in m.items()
-    ]
 
 
 def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices) -> str:
@@ -98,18 +97,15 @@ def report_stage(
     tasks = cfg.task_names
     rows = results_table(results, tasks)
     images = [
-        plot_scale_curves(rows, run_path(run_dir, "plot_scale.png")),
-        plot_best_bars(rows, tasks, run_path(run_dir, "plot_best.png")),
+        plot_scale_curves(rows, run_path(run_dir, PLOT_FILES["scale"])),
+        plot_best_bars(rows, tasks, run_path(run_dir, PLOT_FILES["best"])),
     ]
     if matrices:
-        images.append(plot_interference(matrices, run_path(run_dir, "plot_interference.png")))
-    paths = {
-        "markdown": write_text(
-            run_path(run_dir, "results.md"), markdown_report(cfg, rows, matrices)
-        ),
-        "csv": write_text(run_path(run_dir, "results.csv"), csv_table(rows, table_columns(tasks))),
-        "html": write_text(
-            run_path(run_dir, "report.html"), html_report(cfg, rows, matrices, images)
-        ),
+        images.append(plot_interference(matrices, run_path(run_dir, PLOT_FILES["interference"])))
+    texts = {
+        "markdown": markdown_report(cfg, rows, matrices),
+        "csv": csv_table(rows, table_columns(tasks)),
+        "html": html_report(cfg, rows, matrices, images),
     }
+    paths = {k: write_text(run_path(run_dir, REPORT_FILES[k]), text) for k, text in texts.items()}
     return {"rows": rows, "paths": paths, "images": images}

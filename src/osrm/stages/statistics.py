@@ -16,8 +16,7 @@ from osrm.data import batches, encode
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
 from osrm.manifest import seal_files, verify_file
-from osrm.report import markdown_table
-from osrm.rundir import run_path
+from osrm.rundir import stats_file
 from osrm.stages.common import TaskStats, task_spec
 from osrm.stats import (
     StatsMeta,
@@ -45,7 +44,7 @@ def stats_stage(
     fingerprint = weight_fingerprint(model, names)
     stats_by_task, metas = {}, {}
     for task in cfg.task_names:
-        path = run_path(run_dir, "stats", f"{task}.safetensors")
+        path = stats_file(run_dir, task)
         data = load_task(
             task_spec(cfg, task), "train", seed=cfg.seed, max_examples=cfg.stats.examples
         )
@@ -113,24 +112,3 @@ def subspace_stage(
         )
         out[mode] = summarise_report(energies, overlaps)
     return out
-
-
-def subspace_table(summary: dict[str, list[dict]], dims: tuple[int, int]) -> str:
-    """Markdown: per mode, mean over tasks of the captured energies (%) and the overlap."""
-    rows = []
-    for mode, per_task in summary.items():
-        mean = {k: sum(r[k] for r in per_task) / len(per_task) for k in per_task[0] if k != "task"}
-        rows.append(
-            {"mode": mode, **{k: 100 * v if k != "overlap" else v for k, v in mean.items()}}
-        )
-    # for random subspaces E‖A_i A_jᵀ‖²_F / r = r / d
-    rank, d_in = dims
-    rows.append({"mode": "random A", "other": rows[0]["other_random"],
-                 "own": rows[0]["own_random"], "overlap": rank / d_in})  # fmt: skip
-    columns = {
-        "mode": "A init",
-        "other": "other tasks' energy %",
-        "own": "own task's energy %",
-        "overlap": "overlap between tasks",
-    }
-    return markdown_table(rows, columns)

@@ -11,11 +11,12 @@ from pathlib import Path
 import torch
 
 from osrm import __version__, distributed
-from osrm.adapters import Provenance, attach_lora, finished_adapter, save_adapter
+from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
 from osrm.data import batches, encode
-from osrm.rundir import run_path
-from osrm.stages.common import TaskStats, load_base, lora_config, run_fingerprint, task_spec
+from osrm.models import load_base
+from osrm.rundir import adapter_dir
+from osrm.stages.common import TaskStats, run_fingerprint, task_spec
 from osrm.stats import (
     StatsMeta,
     find_target_modules,
@@ -88,7 +89,7 @@ def adapter_stage(
     digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
     for init in cfg.lora.inits:
         for task in cfg.task_names:
-            path = run_path(run_dir, "adapters", init, task)
+            path = adapter_dir(run_dir, init, task)
             prov = provenance(cfg, init, task, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
             if finished_adapter(path, expected):

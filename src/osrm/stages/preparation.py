@@ -1,0 +1,106 @@
+"""Stage 0: everything checked before a run writes anything, then its run directory claimed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from osrm import distributed
+from osrm.config import ExperimentConfig, load_config
+from osrm.errors import OsrmError
+from osrm.models import load_error, resolve_device, resolve_model
+from osrm.rundir import check_recorded, check_run_dir, record_config, unlock_run_dir
+from osrm.stages.common import task_spec
+from osrm.stages.evaluation import merge_grid
+from osrm.stats import find_target_modules, input_dim
+from osrm.tasks import get_task, task_sizes
+
+
+def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Load and validate the config, lock and create the run directory, record the config.
+
+    Everything that can be checked without the model's weights is checked before anything is
+    written: the run directory, the model (its config built on the meta device: device, target
+    modules, rank), every task's data and the splits the run uses, the merge grid. A mistake
+    therefore leaves no ``config.yaml`` behind that would refuse the corrected command. The run
+    directory stays locked (:mod:`osrm.locking`) until :func:`release` or the process ends.
+
+    Raises:
+        OsrmError: a bad config, model, task or merge setting, a run directory that holds a
+            run made with different settings, is not an osrm run, holds a symbolic link, or is
+            in use by another osrm process.
+    """
+    cfg = load_config(config, overrides)
+    run_dir = Path(cfg.run_dir)
+    check_run_dir(run_dir)
+    check_recorded(cfg, run_dir)
+    for entry in cfg.tasks:
+        if isinstance(entry, str):
+            try:
+                get_task(entry)
+            except OsrmError as e:
+                raise OsrmError(f"{config}: tasks: {e}") from None
+    check_model(cfg)
+    for task in cfg.task_names:  # cached: the stages reuse what is loaded here
+        check_splits(cfg, task)
+    merge_grid(cfg)
+    distributed.barrier()  # every process compared against the old config.yaml
+    record_config(cfg, run_dir)  # locked by the main process for the whole command
+    distributed.barrier()
+    torch.manual_seed(cfg.seed)
+    return cfg
+
+
+def release(cfg: ExperimentConfig) -> None:
+    """Unlock the run directory taken by :func:`prepare`."""
+    unlock_run_dir(Path(cfg.run_dir))
+
+
+def check_model(cfg: ExperimentConfig) -> None:
+    """The device exists, and the model's skeleton (its config on the meta device, no weights)
+    has the target modules, with an input dimension of at least ``lora.rank``."""
+    resolve_device(cfg.model.device)
+    name = cfg.model.name
+    path = resolve_model(name)
+    if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")):
+        raise OsrmError(
+            f"model.name {name!r}: {path} has no *.safetensors weights; osrm loads weights from "
+            "safetensors only (pickle files such as pytorch_model.bin can run code when loaded)"
+        )
+    remote = cfg.model.trust_remote_code
+    try:
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=remote)
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(
+                model_config, trust_remote_code=remote
+            )
+    except (OSError, ValueError) as e:
+        raise load_error(name, path, e) from None
+    try:
+        check_rank(cfg, skeleton)
+    except OsrmError as e:
+        raise OsrmError(f"lora.target_modules: {e}" if "matches" in str(e) else str(e)) from None
+
+
+def check_splits(cfg: ExperimentConfig, task: str) -> None:
+    """The splits the run uses (train; ``eval.split``) have examples."""
+    sizes = task_sizes(task_spec(cfg, task), seed=cfg.seed)
+    for split in dict.fromkeys(("train", cfg.eval.split)):
+        if sizes[split] == 0:
+            hint = "add rows" if split == "train" else f"give a {split} file or raise its fraction"
+            raise OsrmError(
+                f"tasks: task {task!r} has no {split} examples (splits: "
+                f"{', '.join(f'{k} {v}' for k, v in sizes.items())}); {hint}"
+            )
+
+
+def check_rank(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
+    """LoRA's rank cannot exceed a target module's input dimension (OSRM's bases are r of d)."""
+    for name, module in find_target_modules(model, cfg.lora.target_modules).items():
+        if cfg.lora.rank > input_dim(module):
+            raise OsrmError(
+                f"lora.rank {cfg.lora.rank} exceeds the input dimension {input_dim(module)} "
+                f"of target module {name}"
+            )
