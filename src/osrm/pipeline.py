@@ -27,6 +27,7 @@ from osrm.merging import (
     get_method,
     load_adapters,
     lora_deltas,
+    methods_with,
     save_merged_adapter,
     save_merged_model,
     validate_hyperparameters,
@@ -216,8 +217,11 @@ def merge(args: argparse.Namespace) -> dict:
         validate_hyperparameters(args.method, hp, args.weights or [1.0] * len(args.adapters))
     except OsrmError as e:
         raise OsrmError(f"--method {args.method}: {e}") from None
-    if (args.method == "regmean") != bool(args.stats):
-        raise OsrmError("--stats (one statistics file per adapter) goes with --method regmean only")
+    if get_method(args.method).needs_stats != bool(args.stats):
+        raise OsrmError(
+            "--stats (one statistics file per adapter) goes with --method "
+            f"{methods_with('needs_stats')} only"
+        )
     dirs = [resolve_adapter(a) for a in args.adapters]
     common = {"stats": args.stats, "tasks": args.tasks, **hp}
     if args.format == "lora":

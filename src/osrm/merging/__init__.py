@@ -38,7 +38,6 @@ from osrm.merging.primitives import (
 from osrm.merging.registry import (
     LINEAR_METHODS,
     METHODS,
-    RANDOM_METHODS,
     Hyper,
     Method,
     check_hyperparameters,
@@ -59,7 +58,6 @@ __all__ = [
     "LoraDeltas",
     "Method",
     "MergedAdapter",
-    "RANDOM_METHODS",
     "apply_deltas",
     "breadcrumbs",
     "check_hyperparameters",

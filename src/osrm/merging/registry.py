@@ -126,9 +126,8 @@ METHODS: dict[str, Method] = {
         needs_stats=True, check=lambda hp, w: check_positive(w),
     ),
 }  # fmt: skip
-# derived views of the traits, kept for importers (bench scripts)
+# a derived view of the ``linear`` trait, kept for importers (bench/merge_speed.py)
 LINEAR_METHODS = tuple(name for name, m in METHODS.items() if m.linear)
-RANDOM_METHODS = tuple(name for name, m in METHODS.items() if m.random)
 
 
 def get_method(name: str) -> Method:

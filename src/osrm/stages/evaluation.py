@@ -25,7 +25,6 @@ from osrm.errors import OsrmError
 from osrm.heads import adapter_head, use_head
 from osrm.merging import (
     METHODS,
-    RANDOM_METHODS,
     apply_deltas,
     gram_lookup,
     load_adapters,
@@ -53,7 +52,7 @@ def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
         if method not in METHODS:
             raise OsrmError(f"merge.methods: unknown method {method!r}; valid: {sorted(METHODS)}")
         space = dict(space or {})
-        if method in RANDOM_METHODS:
+        if METHODS[method].random:
             space.setdefault("seed", cfg.seed)
         keys = sorted(space)
         values = [v if isinstance(v, list) else [v] for v in (space[k] for k in keys)]
@@ -161,11 +160,12 @@ def eval_stage(
             todo = [t for t in tasks if (key, t) not in done]
             if not todo:
                 continue
-            if method == "regmean" and grams is None:
+            needs_stats = METHODS[method].needs_stats
+            if needs_stats and grams is None:
                 grams = gram_lookup([stats_paths[t] for t in tasks], sources)
             log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
             merged = merge_split(sources, method, cfg.merge.weights,
-                                 grams if method == "regmean" else None, hp)  # fmt: skip
+                                 grams if needs_stats else None, hp)  # fmt: skip
             if cfg.merge.save and distributed.is_main():
                 save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, dirs,
                             method, hp)  # fmt: skip

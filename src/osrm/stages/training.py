@@ -14,6 +14,7 @@ from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
 from osrm.data import batches, encode
+from osrm.inits import INITS
 from osrm.models import load_base
 from osrm.rundir import adapter_dir
 from osrm.stages.common import TaskStats, run_fingerprint, task_spec
@@ -28,15 +29,6 @@ from osrm.tasks import load_task
 from osrm.train import train
 
 log = logging.getLogger(__name__)
-
-
-# init name -> OSRM subspace mode (None: peft's default LoRA init)
-INIT_MODES = {
-    "lora": None, "osrm": "cov", "osrm_mean": "mean", "contrast": "contrast",
-    "contrast_frozen": "contrast",
-}  # fmt: skip
-# inits that keep A at its initial subspace whatever train.freeze_a says
-FROZEN_A_INITS = frozenset({"contrast_frozen"})
 
 
 def subspace_options(cfg: ExperimentConfig) -> dict:
@@ -58,12 +50,12 @@ def provenance(
     metas: dict[str, StatsMeta],
 ) -> Provenance:
     """How ``task``'s adapter for ``init`` starts (recorded beside it and in its fingerprint)."""
-    mode = INIT_MODES[init]
+    mode = INITS[init].mode
     return Provenance(
         task=task, init=init, rank=cfg.lora.rank, mode=mode,
         options=subspace_options(cfg) if mode else {}, stats_digests=digests if mode else {},
         base_fingerprint=metas[task].fingerprint if task in metas else None,
-        freeze_a=cfg.train.freeze_a or init in FROZEN_A_INITS,
+        freeze_a=cfg.train.freeze_a or INITS[init].freeze_a,
     )  # fmt: skip
 
 
