@@ -1,5 +1,7 @@
 """Command line: argument parsing only; the work happens in :mod:`osrm.pipeline`.
 
+Every command is one row of :data:`COMMANDS` (its arguments, its handler, its help, examples).
+
 User mistakes (:class:`osrm.errors.OsrmError`) and failed file operations (``OSError``: a full
 disk, a missing or read-only path) print one line on stderr and exit with status 2; ``--debug``
 shows the traceback instead.
@@ -14,46 +16,11 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NamedTuple, NoReturn
 
 from osrm import __version__, progress
 from osrm.argtypes import finite_float, int_range, positive_int, seed_int
 from osrm.errors import OsrmError
-
-COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {  # name -> (help, examples)
-    "run": (
-        "the whole job: statistics, OSRM bases, training, merging, evaluation, report",
-        ("osrm run configs/demo.yaml",
-         "osrm run configs/demo.yaml lora.rank=16 run_dir=runs/r16",
-         "osrm run configs/offline-suite.yaml 'merge.methods={ties: {density: [0.1, 0.2]}}'"),
-    ),
-    "stats": (
-        "activation statistics per task and the OSRM subspace diagnostics",
-        ("osrm stats configs/demo.yaml", "osrm stats configs/demo.yaml stats.examples=512"),
-    ),
-    "train": (
-        "train one adapter per (init, task) of a config (statistics first if needed)",
-        ("osrm train configs/demo.yaml", "osrm train configs/demo.yaml 'lora.inits=[osrm]'"),
-    ),
-    "eval": (
-        "evaluate a config's models, or one adapter / merged model on a task",
-        ("osrm eval configs/demo.yaml",
-         "osrm eval --adapter runs/demo/adapters/osrm/trec --task trec",
-         "osrm eval --merged merged/ta --task sms_spam --split test"),
-    ),
-    "merge": (
-        "merge peft LoRA adapters (any ranks) into a dense model or a LoRA adapter",
-        ("osrm merge a/ b/ c/ --method ties --density 0.2 --out merged/ties",
-         "osrm merge a/ b/ --method task_arithmetic --scale 0.5 --format lora --out merged/ta",
-         "osrm merge a/ b/ --method regmean --stats a.safetensors b.safetensors --out merged/rm"),
-    ),
-    "report": ("rebuild results.md/csv, plots and report.html of a run directory",
-               ("osrm report runs/demo",)),
-    "demo": (
-        "the embedded default on real offline data (all-MiniLM-L6-v2, 6 tasks)",
-        ("osrm demo", "osrm demo --quick", "osrm demo --run-dir /tmp/demo train.steps=50"),
-    ),
-}  # fmt: skip
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -170,15 +137,67 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
-COMMAND_FUNCS: dict[str, tuple[Callable, Callable]] = {
-    "run": (_config_args, _cmd_run),
-    "stats": (_config_args, _cmd_stats),
-    "train": (_config_args, _cmd_train),
-    "eval": (_add_eval, _cmd_eval),
-    "merge": (_add_merge, _cmd_merge),
-    "report": (lambda p: p.add_argument("run_dir", help="a run directory"), _cmd_report),
-    "demo": (None, _cmd_demo),
-}
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="a run directory")
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="3 tasks, small limits (< 5 minutes)")
+    p.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/demo)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+
+
+class Command(NamedTuple):
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    handler: Callable[[argparse.Namespace], int]
+    help: str
+    examples: tuple[str, ...]
+
+
+# name -> (add_arguments, handler, help, examples): one row per command
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        _config_args, _cmd_run,
+        "the whole job: statistics, OSRM bases, training, merging, evaluation, report",
+        ("osrm run configs/demo.yaml",
+         "osrm run configs/demo.yaml lora.rank=16 run_dir=runs/r16",
+         "osrm run configs/offline-suite.yaml 'merge.methods={ties: {density: [0.1, 0.2]}}'"),
+    ),
+    "stats": Command(
+        _config_args, _cmd_stats,
+        "activation statistics per task and the OSRM subspace diagnostics",
+        ("osrm stats configs/demo.yaml", "osrm stats configs/demo.yaml stats.examples=512"),
+    ),
+    "train": Command(
+        _config_args, _cmd_train,
+        "train one adapter per (init, task) of a config (statistics first if needed)",
+        ("osrm train configs/demo.yaml", "osrm train configs/demo.yaml 'lora.inits=[osrm]'"),
+    ),
+    "eval": Command(
+        _add_eval, _cmd_eval,
+        "evaluate a config's models, or one adapter / merged model on a task",
+        ("osrm eval configs/demo.yaml",
+         "osrm eval --adapter runs/demo/adapters/osrm/trec --task trec",
+         "osrm eval --merged merged/ta --task sms_spam --split test"),
+    ),
+    "merge": Command(
+        _add_merge, _cmd_merge,
+        "merge peft LoRA adapters (any ranks) into a dense model or a LoRA adapter",
+        ("osrm merge a/ b/ c/ --method ties --density 0.2 --out merged/ties",
+         "osrm merge a/ b/ --method task_arithmetic --scale 0.5 --format lora --out merged/ta",
+         "osrm merge a/ b/ --method regmean --stats a.safetensors b.safetensors --out merged/rm"),
+    ),
+    "report": Command(
+        _add_report, _cmd_report,
+        "rebuild results.md/csv, plots and report.html of a run directory",
+        ("osrm report runs/demo",),
+    ),
+    "demo": Command(
+        _add_demo, _cmd_demo,
+        "the embedded default on real offline data (all-MiniLM-L6-v2, 6 tasks)",
+        ("osrm demo", "osrm demo --quick", "osrm demo --run-dir /tmp/demo train.steps=50"),
+    ),
+}  # fmt: skip
 
 
 class Parser(argparse.ArgumentParser):
@@ -196,20 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for input errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add_args, func) in COMMAND_FUNCS.items():
-        help_text, examples = COMMANDS[name]
+    for name, command in COMMANDS.items():
         p = sub.add_parser(
-            name, help=help_text, description=help_text,
-            epilog="examples:\n  " + "\n  ".join(examples),
+            name, help=command.help, description=command.help,
+            epilog="examples:\n  " + "\n  ".join(command.examples),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )  # fmt: skip
-        if add_args is not None:
-            add_args(p)
-        p.set_defaults(func=func)
-    demo = sub.choices["demo"]
-    demo.add_argument("--quick", action="store_true", help="3 tasks, small limits (< 5 minutes)")
-    demo.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/demo)")
-    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+        command.add_arguments(p)
+        p.set_defaults(func=command.handler)
     return parser
 
 
