@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from osrm.diagnostics import interference_matrix
+from osrm.errors import OsrmError
 from osrm.plots import best_settings, plot_best_bars, plot_interference, plot_scale_curves
 from osrm.report import (
     Result,
@@ -13,6 +16,7 @@ from osrm.report import (
     csv_table,
     hp_string,
     markdown_table,
+    read_interference,
     read_results,
     results_table,
     table_columns,
@@ -87,3 +91,14 @@ def test_plots_are_written(tmp_path):
     ):
         data = path.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.parametrize(
+    "data", [{"lora": {}}, {"lora": {"a": {"b": 1.0}}}, {"lora": {"a": {"a": 1.0}, "b": {}}}]
+)
+def test_interference_matrices_must_be_square(tmp_path, data):
+    """Found by the CLI fuzz test: a matrix without cells reached the plot (max of nothing)."""
+    path = tmp_path / "interference.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(OsrmError, match="not a square matrix over its tasks"):
+        read_interference(path)

@@ -189,6 +189,11 @@ BEFORE_WRITE = [
     pytest.param(["model.device=cuda:7"], "model.device 'cuda:7'", id="cuda-index"),
     pytest.param(["lora.target_modules=[nosuch]"], "lora.target_modules", id="target-modules"),
     pytest.param(["lora.rank=33"], "lora.rank 33 exceeds the input dimension 32", id="rank"),
+    pytest.param(  # found by the CLI fuzz test: the pooler sees one vector per sequence
+        ["lora.target_modules=[dense]"],
+        "bert.pooler.dense sees one input per sequence",
+        id="per-sequence-module",
+    ),
 ]
 
 

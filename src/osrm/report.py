@@ -91,15 +91,19 @@ _MATRICES = TypeAdapter(dict[str, dict[str, dict[str, float]]])
 def read_interference(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """``interference.json``: init -> adapter -> task -> ratio, checked."""
     data = read_json(path, "interference matrices")
+    redo = "delete it and re-run `osrm eval` to compute it again"
     try:
-        return _MATRICES.validate_python(data)
+        matrices = _MATRICES.validate_python(data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise OsrmError(
-            f"{path}: not interference matrices (at {where}: {err['msg']}); delete it and re-run "
-            "`osrm eval` to compute it again"
+            f"{path}: not interference matrices (at {where}: {err['msg']}); {redo}"
         ) from None
+    for init, m in matrices.items():  # adapter j -> task t, over the same tasks
+        if not m or any(set(row) != set(m) for row in m.values()):
+            raise OsrmError(f"{path}: init {init!r} is not a square matrix over its tasks; {redo}")
+    return matrices
 
 
 def _drop_partial_line(path: Path) -> None:

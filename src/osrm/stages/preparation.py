@@ -14,7 +14,7 @@ from osrm.models import load_error, resolve_device, resolve_model
 from osrm.rundir import check_recorded, check_run_dir, record_config, unlock_run_dir
 from osrm.stages.common import task_spec
 from osrm.stages.evaluation import merge_grid
-from osrm.stats import find_target_modules, input_dim
+from osrm.stats import capture_inputs, find_target_modules, input_dim
 from osrm.tasks import get_task, task_sizes
 
 
@@ -82,6 +82,28 @@ def check_model(cfg: ExperimentConfig) -> None:
         check_rank(cfg, skeleton)
     except OsrmError as e:
         raise OsrmError(f"lora.target_modules: {e}" if "matches" in str(e) else str(e)) from None
+    if cfg.stats.mask == "attention":
+        check_token_inputs(skeleton, cfg.lora.target_modules)
+
+
+def check_token_inputs(skeleton: torch.nn.Module, target_modules: list[str]) -> None:
+    """Every target module sees one input row per token, (batch, seq, d_in), as the statistics'
+    attention mask needs (a pooler sees one per sequence): one forward pass on the meta device,
+    which costs no memory and no weights."""
+    modules = find_target_modules(skeleton, target_modules)
+    ids = torch.ones(2, 5, dtype=torch.long, device="meta")
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with capture_inputs(modules, lambda n, x: shapes.setdefault(n, tuple(x.shape[:-1]))):
+            skeleton(input_ids=ids)  # no mask: BERT's mask code calls .item(), not meta-safe
+    except (RuntimeError, NotImplementedError, TypeError, ValueError, IndexError):
+        return  # an architecture that cannot run on meta tensors: checked when statistics run
+    for name, shape in shapes.items():
+        if shape != (2, 5):
+            raise OsrmError(
+                f"lora.target_modules: {name} sees one input per sequence, not one per token; "
+                "target per-token layers (e.g. query, value) or set stats.mask: none"
+            )
 
 
 def check_splits(cfg: ExperimentConfig, task: str) -> None:
