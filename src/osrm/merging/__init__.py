@@ -8,11 +8,11 @@ per-task heads or as a peft LoRA adapter
 (exact concatenation for linear methods, truncated SVD otherwise), each with a JSON manifest.
 """
 
-from osrm.merging.checkpoints import HEAD_NAMES, FullDeltas, full_deltas
+from osrm.merging.full_deltas import HEAD_NAMES, FullDeltas, full_deltas
 from osrm.merging.deltas import LoraDeltas, file_sha256, lora_deltas
 from osrm.merging.heads import load_head, save_heads
 from osrm.merging.loading import check_same_base, coverage_gaps, load_adapters
-from osrm.merging.manifest import MANIFEST_FILE, read_manifest
+from osrm.merging.record import MANIFEST_FILE, read_manifest
 from osrm.merging.merge import gram_lookup, iter_merged, merge_adapters, merge_deltas
 from osrm.merging.methods import (
     breadcrumbs,

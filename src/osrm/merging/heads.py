@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.heads import swap_head
-from osrm.merging.manifest import HEADS_DIR
+from osrm.merging.record import HEADS_DIR
 
 
 def save_heads(directory: Path, sources: Sequence[Mapping], tasks: Sequence[str]) -> dict[str, str]:

@@ -26,7 +26,7 @@ from osrm.merging.deltas import LoraDeltas
 from osrm.merging.heads import first_head, save_heads
 from osrm.merging.loading import load_adapters
 from osrm.merging.lora_files import concat_factors, pick_head, write_adapter
-from osrm.merging.manifest import (
+from osrm.merging.record import (
     build_manifest,
     hp_record,
     stats_record,

@@ -31,7 +31,7 @@ from osrm.merging import (
     merge_deltas,
     validate_hyperparameters,
 )
-from osrm.merging.manifest import build_manifest, hp_record
+from osrm.merging.record import build_manifest, hp_record
 from osrm.merging.outputs import write_dense
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
