@@ -52,14 +52,9 @@ def subspace_report(
     center: bool = False,
     seed: int = 0,
 ) -> tuple[list[EnergyRow], list[OverlapRow]]:
-    """Energies of each task's A against its own and the other tasks' inputs, and overlaps.
-
-    Args:
-        stats_by_task: task -> module -> statistics.
-        bases_by_task: task -> module -> (r, d_in) A with orthonormal rows.
-        weighting, center: how ``C_{-i}`` is formed (as for :func:`osrm_bases`).
-        seed: for the random orthonormal A used as reference.
-    """
+    """Energies of each task's A (task -> module -> (r, d_in) orthonormal rows) against its own
+    and the other tasks' inputs, and overlaps. ``weighting`` and ``center`` form ``C_{-i}`` as
+    for :func:`osrm.subspace.osrm_bases`; ``seed`` draws the random reference A."""
     rows = []
     for task, bases in bases_by_task.items():
         for module, a in sorted(bases.items()):
@@ -117,11 +112,8 @@ def interference_matrix(
     ``ratio[j][t] = ‖ΔW_j X_tᵀ‖_F / ‖ΔW_t X_tᵀ‖_F``: how strongly adapter j responds to task t's
     inputs, relative to task t's own adapter (diagonal = 1). Computed exactly from the statistics:
     ``‖ΔW X_tᵀ‖²_F = tr(ΔW X_tᵀX_t ΔWᵀ)``, summed over modules; per-token second moments are
-    used, so the number of tokens cancels.
-
-    Args:
-        deltas_by_task: adapter's task -> module -> ΔW (d_out, d_in).
-        stats_by_task: task -> module -> statistics of that task's inputs.
+    used, so the number of tokens cancels. ``deltas_by_task``: adapter's task -> module -> ΔW
+    (d_out, d_in).
     """
     energy_of: dict[str, dict[str, float]] = {}
     for j, deltas in deltas_by_task.items():

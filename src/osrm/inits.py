@@ -1,14 +1,15 @@
 """LoRA inits and OSRM subspace modes: every name defined once, here.
 
 The config derives its ``Literal`` types from these (so this module imports no torch), training
-reads each init's traits, and :mod:`osrm.subspace` checks its options against the same tuples.
+reads each init's traits, and :data:`osrm.subspace.SOLVERS` holds one solver per mode (it refuses
+to import when the two name different modes). A new mode: its name here, its solver there.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODES = ("cov", "mean", "contrast")  # how A is solved for (osrm.subspace)
+MODES = ("cov", "mean", "contrast")  # how A is solved for (osrm.subspace.SOLVERS)
 WEIGHTINGS = ("equal", "tokens")  # how C_{-i} pools the other tasks' moments
 MEAN_BASES = ("svd", "random")  # mean mode: which orthonormal basis of the null space
 

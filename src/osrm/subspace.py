@@ -2,7 +2,8 @@
 
 Zhang & Zhou, ACL 2025 (arXiv:2505.22934), §3: ``A_i = argmin_{A Aᵀ = I_r} tr(A C_{-i} Aᵀ)``,
 whose minimiser (Ky Fan) is the r eigenvectors of the other tasks' input second moment
-``C_{-i}`` with the smallest eigenvalues, as rows. Three modes (method.md §2, §4, §7):
+``C_{-i}`` with the smallest eigenvalues, as rows. One solver per mode of ``inits.MODES``
+(method.md §2, §4, §7), registered in :data:`SOLVERS`:
 
 - ``cov``: the paper; ``C_{-i}`` = mean over the other tasks j of ``xtx_j / count_j``.
 - ``mean``: the reference code; null space of the stacked other-task mean inputs.
@@ -11,13 +12,12 @@ whose minimiser (Ky Fan) is the r eigenvectors of the other tasks' input second 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
 from osrm.inits import MEAN_BASES, MODES, WEIGHTINGS
 from osrm.linalg import (
@@ -29,63 +29,6 @@ from osrm.linalg import (
     seeded_generator,
 )
 from osrm.stats import StatsMeta
-
-__all__ = [
-    "MODES",
-    "SubspaceOptions",
-    "check_stats",
-    "contrast_basis",
-    "mean_null_basis",
-    "osrm_bases",
-    "smallest_eigvecs",
-    "subspace_report",
-    "summarise_report",
-]
-
-
-def smallest_eigvecs(c: Tensor, rank: int) -> Tensor:
-    """(rank, d): eigenvectors of symmetric ``c`` with the smallest eigenvalues, as rows."""
-    _, vecs = torch.linalg.eigh(c.double())  # eigh returns ascending eigenvalues
-    return fix_sign(vecs[:, :rank].T.contiguous())
-
-
-def mean_null_basis(means: Tensor, rank: int, basis: str, generator: torch.Generator) -> Tensor:
-    """(rank, d) orthonormal rows inside the null space of the rows of ``means`` (m, d).
-
-    ``svd`` takes the trailing right-singular vectors as the reference code does; ``random``
-    draws a seeded random orthonormal basis of the same null space.
-    """
-    means = means.double()
-    _, sing, vh = torch.linalg.svd(means, full_matrices=True)  # vh: (d, d)
-    d = vh.shape[0]
-    tol = sing.max().clamp_min(1e-300) * max(means.shape) * torch.finfo(torch.float64).eps
-    null = vh[int((sing > tol).sum()) :]  # (d - rank(means), d)
-    if rank > null.shape[0]:
-        raise OsrmError(
-            f"rank {rank} exceeds the null space of the other tasks' means "
-            f"(dimension {null.shape[0]} of {d})"
-        )
-    if basis == "svd":
-        return fix_sign(vh[-rank:].contiguous())
-    return fix_sign(random_orthonormal(rank, null.shape[0], generator) @ null)
-
-
-def contrast_basis(c_own: Tensor, c_other: Tensor, rank: int, ridge: float) -> Tensor:
-    """(rank, d): top generalised eigenvectors of ``C_i v = μ (C_{-i} + δ I) v``, orthonormalised.
-
-    ``δ = ridge · tr(C_{-i}) / d``. Solved as a standard symmetric problem through the Cholesky
-    factor ``L`` of ``C_{-i} + δ I``: eigenvectors ``w`` of ``L⁻¹ C_i L⁻ᵀ`` give ``v = L⁻ᵀ w``.
-    """
-    c_own, c_other = c_own.double(), c_other.double()
-    d = c_other.shape[0]
-    delta = ridge * torch.trace(c_other) / d
-    chol = torch.linalg.cholesky(c_other + delta * torch.eye(d, dtype=torch.float64))
-    half = torch.linalg.solve_triangular(chol, c_own, upper=False)  # L⁻¹ C_i
-    whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L⁻¹ C_i L⁻ᵀ
-    _, w = torch.linalg.eigh((whitened + whitened.T) / 2)
-    v = torch.linalg.solve_triangular(chol.T, w[:, -rank:].flip(1), upper=True)  # (d, rank)
-    q, _ = torch.linalg.qr(v)  # same span, orthonormal columns
-    return fix_sign(q.T.contiguous())
 
 
 @dataclass(frozen=True)
@@ -111,6 +54,70 @@ class SubspaceOptions:
             raise OsrmError(f"ridge {self.ridge!r}: expected a positive number")
 
 
+# a solver: (stats_by_task, task, module, rank, options) -> (rank, d_in) orthonormal rows
+Solver = Callable[[StatsByTask, str, str, int, SubspaceOptions], Tensor]
+
+
+def cov_basis(
+    stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions
+) -> Tensor:
+    """The paper: eigenvectors of ``C_{-i}`` with the ``rank`` smallest eigenvalues, as rows."""
+    c = other_moment(stats_by_task, task, module, opts.weighting, opts.center)
+    _, vecs = torch.linalg.eigh(c.double())  # eigh returns ascending eigenvalues
+    return fix_sign(vecs[:, :rank].T.contiguous())
+
+
+def mean_basis(
+    stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions
+) -> Tensor:
+    """Orthonormal rows inside the null space of the other tasks' mean inputs (m, d).
+
+    ``svd`` takes the trailing right-singular vectors as the reference code does; ``random``
+    draws a seeded random orthonormal basis of the same null space.
+    """
+    means = torch.stack([s[module].mean() for t, s in stats_by_task.items() if t != task]).double()
+    _, sing, vh = torch.linalg.svd(means, full_matrices=True)  # vh: (d, d)
+    d = vh.shape[0]
+    tol = sing.max().clamp_min(1e-300) * max(means.shape) * torch.finfo(torch.float64).eps
+    null = vh[int((sing > tol).sum()) :]  # (d - rank(means), d)
+    if rank > null.shape[0]:
+        raise OsrmError(
+            f"rank {rank} exceeds the null space of the other tasks' means "
+            f"(dimension {null.shape[0]} of {d})"
+        )
+    if opts.basis == "svd":
+        return fix_sign(vh[-rank:].contiguous())
+    generator = seeded_generator(opts.seed, task, module)
+    return fix_sign(random_orthonormal(rank, null.shape[0], generator) @ null)
+
+
+def contrast_basis(
+    stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions
+) -> Tensor:
+    """Top generalised eigenvectors of ``C_i v = μ (C_{-i} + δ I) v``, orthonormalised.
+
+    ``δ = ridge · tr(C_{-i}) / d``. Solved as a standard symmetric problem through the Cholesky
+    factor ``L`` of ``C_{-i} + δ I``: eigenvectors ``w`` of ``L⁻¹ C_i L⁻ᵀ`` give ``v = L⁻ᵀ w``.
+    """
+    c_own = moment([stats_by_task[task][module]], center=opts.center).double()
+    c_other = other_moment(stats_by_task, task, module, opts.weighting, opts.center).double()
+    d = c_other.shape[0]
+    delta = opts.ridge * torch.trace(c_other) / d
+    chol = torch.linalg.cholesky(c_other + delta * torch.eye(d, dtype=torch.float64))
+    half = torch.linalg.solve_triangular(chol, c_own, upper=False)  # L⁻¹ C_i
+    whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L⁻¹ C_i L⁻ᵀ
+    _, w = torch.linalg.eigh((whitened + whitened.T) / 2)
+    v = torch.linalg.solve_triangular(chol.T, w[:, -rank:].flip(1), upper=True)  # (d, rank)
+    q, _ = torch.linalg.qr(v)  # same span, orthonormal columns
+    return fix_sign(q.T.contiguous())
+
+
+# mode name (inits.MODES, which the config accepts) -> its solver
+SOLVERS: dict[str, Solver] = {"cov": cov_basis, "mean": mean_basis, "contrast": contrast_basis}
+if set(SOLVERS) != set(MODES):  # a mode named in one place only fails at import, not mid-run
+    raise ImportError(f"subspace modes {sorted(MODES)} and solvers {sorted(SOLVERS)} differ")
+
+
 def osrm_bases(
     stats_by_task: StatsByTask,
     task: str,
@@ -126,17 +133,11 @@ def osrm_bases(
 ) -> dict[str, Tensor]:
     """OSRM initial ``A`` for every module of ``task``.
 
-    Args:
-        stats_by_task: task -> module -> statistics (all tasks, ``task`` included).
-        task: the task whose adapter is being initialised.
-        rank: LoRA rank r.
-        mode: ``cov`` (paper), ``mean`` (reference code) or ``contrast`` (ours).
-        weighting: ``equal`` (mean of per-task moments) or ``tokens`` (pooled) for ``C_{-i}``.
-        center: use covariances (``xtx/n − μμᵀ``) instead of second moments.
-        basis: for ``mean`` mode, ``svd`` (reference) or ``random`` (seeded, same null space).
-        ridge: for ``contrast`` mode, δ relative to ``tr(C_{-i})/d``.
-        seed: for ``basis="random"``.
-        metas: optional file metadata per task; base-weight fingerprints must agree.
+    ``stats_by_task`` holds every task's statistics (``task`` included); ``weighting`` pools
+    ``C_{-i}`` as the mean of per-task moments (``equal``) or of all tokens (``tokens``);
+    ``center`` uses covariances instead of second moments; ``basis`` and ``seed`` apply to the
+    ``mean`` mode, ``ridge`` (δ relative to ``tr(C_{-i})/d``) to ``contrast``; ``metas`` (per task)
+    must agree on the base-weight fingerprint.
 
     Returns:
         module -> (rank, d_in) float64 with orthonormal rows. Modules sharing one accumulation
@@ -150,26 +151,11 @@ def osrm_bases(
         key = tuple(id(s[module]) for s in stats_by_task.values())
         if key not in solved:
             try:
-                solved[key] = _solve(stats_by_task, task, module, rank, opts)
+                solved[key] = SOLVERS[mode](stats_by_task, task, module, rank, opts)
             except OsrmError as e:
                 raise OsrmError(f"task {task!r}, module {module}: {e}") from None
         out[module] = solved[key]
     return out
-
-
-def _solve(
-    stats_by_task: StatsByTask, task: str, module: str, rank: int, opts: SubspaceOptions
-) -> Tensor:
-    if opts.mode == "cov":
-        return smallest_eigvecs(
-            other_moment(stats_by_task, task, module, opts.weighting, opts.center), rank
-        )
-    if opts.mode == "mean":
-        means = torch.stack([s[module].mean() for t, s in stats_by_task.items() if t != task])
-        return mean_null_basis(means, rank, opts.basis, seeded_generator(opts.seed, task, module))
-    c_own = moment([stats_by_task[task][module]], center=opts.center)
-    c_other = other_moment(stats_by_task, task, module, opts.weighting, opts.center)
-    return contrast_basis(c_own, c_other, rank, opts.ridge)
 
 
 def check_stats(
