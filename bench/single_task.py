@@ -24,10 +24,10 @@ from osrm.models import load_base  # noqa: E402
 from osrm.pipeline import DEMO_CONFIG  # noqa: E402
 from osrm.report import markdown_table  # noqa: E402
 from osrm.rundir import clear_run_dir  # noqa: E402
-from osrm.stages.common import eval_task, load_adapter_model  # noqa: E402
+from osrm.stages.evaluation import eval_task, load_adapter_model  # noqa: E402
 from osrm.stages.statistics import stats_stage  # noqa: E402
 from osrm.stages.training import adapter_stage  # noqa: E402
-from osrm.tasks import get_task  # noqa: E402
+from osrm.tasks.registry import get_task  # noqa: E402
 
 TASKS = "rotten_tomatoes,trec,sms_spam,tweet_sentiment,vitaminc,vader_movies"
 
@@ -54,15 +54,16 @@ def main() -> dict:
     clear_run_dir(run_dir)  # a leftover run's adapters would be reused, not timed
     start = time.perf_counter()
     model, tok = load_base(cfg)
-    stats, metas = stats_stage(cfg, run_dir, model, tok)
-    adapters = adapter_stage(cfg, run_dir, stats, metas)
+    specs = {task: get_task(task) for task in cfg.tasks}
+    stats, metas = stats_stage(cfg, run_dir, specs, model, tok)
+    adapters = adapter_stage(cfg, run_dir, specs, stats, metas)
     rows, raw = [], {}
     for task in cfg.tasks:
-        spec = get_task(task)
+        spec = specs[task]
         row = {"task": task, "metric": spec.main_metric}
         for init in cfg.lora.inits:
-            peft_model, tokenizer = load_adapter_model(cfg, adapters[init, task], task)
-            scores = eval_task(cfg, peft_model, tokenizer, task)
+            peft_model, tokenizer = load_adapter_model(cfg, adapters[init, task], spec)
+            scores = eval_task(cfg, peft_model, tokenizer, spec)
             record = json.loads((adapters[init, task] / "training.json").read_text())
             raw[f"{init}/{task}"] = {"scores": scores, "train_seconds": record["seconds"]}
             row[init] = scores[spec.main_metric]

@@ -8,14 +8,14 @@ from peft import PeftModel
 
 from osrm.adapters import lora_layers
 from osrm.config import load_config
-from osrm.data import batches, encode
 from osrm.models import load_model
 from osrm.pipeline import DEMO_CONFIG
-from osrm.stages.common import eval_task, load_adapter_model
+from osrm.stages.evaluation import eval_task, load_adapter_model
 from osrm.stages.training import train_task
 from osrm.stats import collect_stats
 from osrm.subspace import osrm_bases
-from osrm.tasks import load_task
+from osrm.tasks.batching import batches, encode
+from osrm.tasks.registry import get_task, load_task
 
 pytestmark = pytest.mark.slow
 OVERRIDES = [
@@ -38,11 +38,11 @@ def test_smollm2_stats_osrm_training_and_vanilla_reload(tmp_path):
     assert q0 is stats["trec"]["model.layers.0.self_attn.v_proj"] and q0.d_in == 576
     assert len(stats["trec"]) == 60  # 30 layers x (q, v)
     bases = osrm_bases(stats, "sms_spam", 8)
-    record = train_task(cfg, "sms_spam", tmp_path / "a", bases=bases, progress=False)
+    record = train_task(cfg, get_task("sms_spam"), tmp_path / "a", bases=bases, progress=False)
     assert record["steps"] == 3 and all(map(torch.isfinite, torch.tensor(record["losses"])))
-    reloaded, tok2 = load_adapter_model(cfg, tmp_path / "a", "sms_spam")
+    reloaded, tok2 = load_adapter_model(cfg, tmp_path / "a", get_task("sms_spam"))
     assert isinstance(reloaded, PeftModel)
     layer = lora_layers(reloaded)["model.layers.3.self_attn.v_proj"]
     assert layer.lora_B["default"].weight.abs().sum() > 0
-    scores = eval_task(cfg, reloaded, tok2, "sms_spam")
+    scores = eval_task(cfg, reloaded, tok2, get_task("sms_spam"))
     assert set(scores) == {"accuracy", "f1"} and 0 <= scores["accuracy"] <= 1

@@ -23,13 +23,14 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 import osrm.pipeline
 from conftest import synthetic_batches
-from osrm.atomic import write_safetensors
+from osrm.artifacts import write_safetensors
 from osrm.cli import main
 from osrm.config import load_config
 from osrm.heads import adapter_head, head_outputs, use_head
 from osrm.merging import load_adapters, load_head, merge_deltas, read_manifest
 from osrm.models import load_base
-from osrm.stages.common import eval_task, task_spec
+from osrm.stages.common import task_spec
+from osrm.stages.evaluation import eval_task
 from osrm.stages.evaluation import merged_into
 from tiny_workspace import make_workspace, tree
 
@@ -109,7 +110,7 @@ def test_every_task_scores_like_the_in_memory_merge(setting, ws, tmp_path, monke
         assert config.num_labels == 2 and config.problem_type == "single_label_classification"
     for task in TASKS:
         with merged_into(backbone, merged), use_head(backbone, heads[task]) as model:
-            expected_scores = eval_task(cfg, model, tok, task)
+            expected_scores = eval_task(cfg, model, tok, task_spec(cfg, task))
             expected_logits = logits(model)
         assert backbone.config.num_labels == 2  # use_head restored the backbone's config
         # the same folder through plain transformers (+ peft) and load_head
@@ -248,7 +249,7 @@ def test_trained_adapters_record_per_module_base_fingerprints(ws):
         assert str(replace(prov, base_fingerprints={})) == str(prov)
 
 
-# Every JSON file osrm reads beside weights goes through one checked loader (osrm.atomic):
+# Every JSON file osrm reads beside weights goes through one checked loader (osrm.loaders):
 # a corrupt one is one line naming the file, whichever command reads it.
 CORRUPT_FILES = [
     ("adapter", "osrm_provenance.json", "osrm_provenance.json:1: osrm provenance is not valid"),

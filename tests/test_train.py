@@ -10,17 +10,17 @@ from peft import LoraConfig, PeftModel
 
 from conftest import make_tiny_bert, make_tiny_llama, make_tiny_roberta, synthetic_batches
 from osrm.adapters import RECORD_FILE, attach_lora, lora_layers
-from osrm.checkpoint import FILE as CKPT_FILE
+from osrm.train_state import FILE as CKPT_FILE
 from osrm.config import TrainSection, load_config
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
 from osrm.models import load_model
 from osrm.pipeline import DEMO_CONFIG
-from osrm.stages.common import eval_task, load_adapter_model
+from osrm.stages.evaluation import eval_task, load_adapter_model
 from osrm.stages.training import train_task
 from osrm.stats import collect_stats
 from osrm.subspace import osrm_bases
-from osrm.tasks import load_task
+from osrm.tasks.registry import get_task, load_task
 from osrm.train import train, use_bf16
 
 ARCHS = {
@@ -150,7 +150,7 @@ def test_evaluate_uses_sklearn_metrics_on_a_fixed_model(minilm_dir):
     with torch.no_grad():
         model.classifier.weight.zero_()
         model.classifier.bias.copy_(torch.tensor([0.0, 1.0]))
-    scores = eval_task(cfg, model, tok, "sms_spam")
+    scores = eval_task(cfg, model, tok, get_task("sms_spam"))
     labels = list(load_task("sms_spam", "test", max_examples=40)["label"])
     share = sum(labels) / len(labels)
     assert scores["accuracy"] == pytest.approx(share)
@@ -165,13 +165,13 @@ def test_real_minilm_50_steps_beat_the_majority_class(tmp_path):
         DEMO_CONFIG,
         ["train.steps=50", "train.lr=1e-2", "train.max_length=64", "eval.max_eval_examples=300"],
     )
-    record = train_task(cfg, "trec", tmp_path / "trec", progress=False)
+    record = train_task(cfg, get_task("trec"), tmp_path / "trec", progress=False)
     saved = json.loads((tmp_path / "trec" / RECORD_FILE).read_text())
     assert saved["steps"] == 50 and saved["losses"] == record["losses"]
     assert not any(p.name.endswith(".ckpt") for p in tmp_path.iterdir())  # cleaned up
-    model, tok = load_adapter_model(cfg, tmp_path / "trec", "trec")
+    model, tok = load_adapter_model(cfg, tmp_path / "trec", get_task("trec"))
     assert isinstance(model, PeftModel)
-    accuracy = eval_task(cfg, model, tok, "trec")["accuracy"]
+    accuracy = eval_task(cfg, model, tok, get_task("trec"))["accuracy"]
     labels = list(load_task("trec", "test", max_examples=300)["label"])
     majority = max(labels.count(c) for c in set(labels)) / len(labels)
     assert accuracy > majority + 0.3, (accuracy, majority)

@@ -52,14 +52,13 @@ from osrm.rundir import (
     write_json,
 )
 from osrm.safety import require_safetensors
-from osrm.stages.common import TaskStats
+from osrm.stages.common import task_spec
 from osrm.stages.evaluation import eval_stage, interference_stage
 from osrm.stages.preparation import check_rank, prepare, release
 from osrm.stages.reporting import report_stage
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
-from osrm.stats import StatsMeta
-from osrm.tasks import get_task
+from osrm.tasks.registry import get_task
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")
@@ -79,35 +78,31 @@ def run(
         release(cfg)
 
 
-def statistics(cfg: ExperimentConfig) -> tuple[TaskStats, dict[str, StatsMeta], str]:
-    """Statistics of every task, and the subspace diagnostics of ``subspace.modes`` (a table)."""
+def _stages(cfg: ExperimentConfig, until: str) -> dict:
     run_dir = Path(cfg.run_dir)
+    specs = {task: task_spec(cfg, task) for task in cfg.task_names}  # resolved once, here
     model, tokenizer = load_base(cfg)
     check_rank(cfg, model)
-    stats, metas = stats_stage(cfg, run_dir, model, tokenizer)
-    summary = subspace_stage(cfg, stats, metas)
+    stats, metas = stats_stage(cfg, run_dir, specs, model, tokenizer)
+    del model  # the training and evaluation stages load their own
+    bases, summary = subspace_stage(cfg, stats, metas)  # reused by the training stage
     write_json(
         run_path(run_dir, SUBSPACE_REPORT_FILE), {"osrm_version": __version__, "modes": summary}
     )
     d_in = next(iter(next(iter(stats.values())).values())).d_in
-    return stats, metas, subspace_table(summary, (cfg.lora.rank, d_in))
-
-
-def _stages(cfg: ExperimentConfig, until: str) -> dict:
-    run_dir = Path(cfg.run_dir)
-    stats, metas, table = statistics(cfg)
+    table = subspace_table(summary, (cfg.lora.rank, d_in))
     out: dict = {"cfg": cfg, "run_dir": run_dir, "subspace_table": table}
     if until == "stats":
         return out
     if distributed.is_main():  # one process removes; the others wait for it
         discard_unverified_adapters(cfg, run_dir)
     distributed.barrier()
-    adapters = adapter_stage(cfg, run_dir, stats, metas)
+    adapters = adapter_stage(cfg, run_dir, specs, stats, metas, bases)
     out["adapters"] = adapters
     if until == "train":
         return out
     stats_paths = {t: stats_file(run_dir, t) for t in cfg.task_names}
-    results = eval_stage(cfg, run_dir, adapters, stats_paths)
+    results = eval_stage(cfg, run_dir, specs, adapters, stats_paths)
     matrices = interference_stage(cfg, adapters, stats)
     write_json(run_path(run_dir, INTERFERENCE_FILE), matrices)
     out.update(results=results, interference=matrices)

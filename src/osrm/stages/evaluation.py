@@ -18,10 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from osrm import distributed
-from osrm.atomic import atomic_dir
+from osrm.adapters import load_adapter
+from osrm.artifacts import atomic_dir
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import interference_matrix
 from osrm.errors import OsrmError
+from osrm.evaluate import evaluate
 from osrm.heads import adapter_head, use_head
 from osrm.merging import (
     METHODS,
@@ -31,12 +33,13 @@ from osrm.merging import (
     merge_deltas,
     validate_hyperparameters,
 )
-from osrm.merging.record import build_manifest, hp_record
 from osrm.merging.outputs import write_dense
+from osrm.merging.record import build_manifest, hp_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
 from osrm.rundir import RESULTS_FILE, merged_dir, run_path
-from osrm.stages.common import TaskStats, eval_task, load_adapter_model, task_spec
+from osrm.stages.statistics import TaskStats
+from osrm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -118,22 +121,44 @@ def merge_split(
     return dict(distributed.split_merge(names, one, distributed.state().device))
 
 
+def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, spec: TaskSpec):
+    """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
+    model, tokenizer = load_base(cfg, spec.num_labels)
+    return load_adapter(model, adapter_dir).eval(), tokenizer
+
+
+def eval_task(
+    cfg: ExperimentConfig, model: nn.Module, tokenizer, spec: TaskSpec
+) -> dict[str, float]:
+    """Metrics of ``model`` on the task's evaluation split as configured."""
+    return evaluate(
+        model,
+        spec,
+        cfg.eval.split,
+        tokenizer=tokenizer,
+        max_length=cfg.train.max_length,
+        batch_size=cfg.eval.batch_size,
+        seed=cfg.seed,
+        max_examples=cfg.eval.max_eval_examples,
+        progress=True,
+    )
+
+
 def _append(path: Path, result: Result) -> None:
     if distributed.is_main():  # every process computed the same score; one writes it
         append_results(path, [result])
 
 
-def _score(cfg: ExperimentConfig, model: nn.Module, tok, task: str, **key: str) -> Result:
-    spec = task_spec(cfg, task)
-    scores = eval_task(cfg, model, tok, task)
-    return Result(
-        task=task, metric=spec.main_metric, score=scores[spec.main_metric], scores=scores, **key
-    )
+def _score(cfg: ExperimentConfig, model: nn.Module, tok, spec: TaskSpec, **key: str) -> Result:
+    scores = eval_task(cfg, model, tok, spec)
+    metric = spec.main_metric
+    return Result(task=spec.name, metric=metric, score=scores[metric], scores=scores, **key)
 
 
 def eval_stage(
     cfg: ExperimentConfig,
     run_dir: Path,
+    specs: Mapping[str, TaskSpec],
     adapters: Mapping[tuple[str, str], Path],
     stats_paths: Mapping[str, Path],
 ) -> list[Result]:
@@ -148,11 +173,11 @@ def eval_stage(
         heads = {t: adapter_head(d) for t, d in zip(tasks, dirs, strict=True)}
         for task, adapter_dir in zip(tasks, dirs, strict=True):
             if ((init, "individual", "", ""), task) not in done:
-                model, _ = load_adapter_model(cfg, adapter_dir, task)
-                _append(path, _score(cfg, model, tok, task, init=init, kind="individual"))
+                model, _ = load_adapter_model(cfg, adapter_dir, specs[task])
+                _append(path, _score(cfg, model, tok, specs[task], init=init, kind="individual"))
             if ((init, "base", "", ""), task) not in done:
                 with use_head(backbone, heads[task]) as model:
-                    _append(path, _score(cfg, model, tok, task, init=init, kind="base"))
+                    _append(path, _score(cfg, model, tok, specs[task], init=init, kind="base"))
         sources = load_adapters(dirs)
         grams = None
         for method, hp in grid:
@@ -172,7 +197,7 @@ def eval_stage(
             with merged_into(backbone, merged):
                 for task in todo:
                     with use_head(backbone, heads[task]) as model:
-                        result = _score(cfg, model, tok, task, init=init, kind="merged",
+                        result = _score(cfg, model, tok, specs[task], init=init, kind="merged",
                                         method=method, hp=hp_string(hp))  # fmt: skip
                     _append(path, result)
     distributed.barrier()
@@ -191,6 +216,3 @@ def interference_stage(
             deltas[task] = {name.removesuffix(".weight"): source[name] for name in source}
         out[init] = interference_matrix(deltas, stats_by_task)
     return out
-
-
-__all__: Sequence[str] = ["eval_stage", "interference_stage", "merge_grid", "merged_into"]

@@ -15,7 +15,8 @@ from osrm.rundir import check_recorded, check_run_dir, record_config, unlock_run
 from osrm.stages.common import task_spec
 from osrm.stages.evaluation import merge_grid
 from osrm.stats import capture_inputs, find_target_modules, input_dim
-from osrm.tasks import get_task, task_sizes
+from osrm.tasks.registry import get_task, task_sizes
+from osrm.tasks.spec import TaskSpec
 
 
 def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -44,7 +45,7 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
                 raise OsrmError(f"{config}: tasks: {e}") from None
     check_model(cfg)
     for task in cfg.task_names:  # cached: the stages reuse what is loaded here
-        check_splits(cfg, task)
+        check_splits(cfg, task_spec(cfg, task))
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
     record_config(cfg, run_dir)  # locked by the main process for the whole command
@@ -106,14 +107,14 @@ def check_token_inputs(skeleton: torch.nn.Module, target_modules: list[str]) -> 
             )
 
 
-def check_splits(cfg: ExperimentConfig, task: str) -> None:
+def check_splits(cfg: ExperimentConfig, spec: TaskSpec) -> None:
     """The splits the run uses (train; ``eval.split``) have examples."""
-    sizes = task_sizes(task_spec(cfg, task), seed=cfg.seed)
+    sizes = task_sizes(spec, seed=cfg.seed)
     for split in dict.fromkeys(("train", cfg.eval.split)):
         if sizes[split] == 0:
             hint = "add rows" if split == "train" else f"give a {split} file or raise its fraction"
             raise OsrmError(
-                f"tasks: task {task!r} has no {split} examples (splits: "
+                f"tasks: task {spec.name!r} has no {split} examples (splits: "
                 f"{', '.join(f'{k} {v}' for k, v in sizes.items())}); {hint}"
             )
 

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from osrm import distributed
+from osrm.artifacts import seal_files, verify_file
 from osrm.config import ExperimentConfig
-from osrm.data import batches, encode
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
-from osrm.manifest import seal_files, verify_file
 from osrm.rundir import stats_file
-from osrm.stages.common import TaskStats, task_spec
 from osrm.stats import (
+    LayerStats,
     StatsMeta,
     collect_stats,
     find_target_modules,
@@ -27,13 +27,22 @@ from osrm.stats import (
     weight_fingerprint,
 )
 from osrm.subspace import osrm_bases
-from osrm.tasks import load_task
+from osrm.tasks.batching import batches, encode
+from osrm.tasks.registry import load_task
+from osrm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
+TaskStats = dict[str, dict[str, LayerStats]]  # task -> module -> statistics
+ModeBases = dict[str, dict[str, dict[str, Tensor]]]  # mode -> task -> module -> (rank, d_in) A
+
 
 def stats_stage(
-    cfg: ExperimentConfig, run_dir: Path, model: nn.Module, tokenizer: PreTrainedTokenizerBase
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    specs: Mapping[str, TaskSpec],
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
 ) -> tuple[TaskStats, dict[str, StatsMeta]]:
     """Statistics of every task: reuse ``stats/<task>.safetensors`` if it matches, else collect.
 
@@ -43,11 +52,9 @@ def stats_stage(
     names = find_target_modules(model, cfg.lora.target_modules)
     fingerprint = weight_fingerprint(model, names)
     stats_by_task, metas = {}, {}
-    for task in cfg.task_names:
+    for task, spec in specs.items():
         path = stats_file(run_dir, task)
-        data = load_task(
-            task_spec(cfg, task), "train", seed=cfg.seed, max_examples=cfg.stats.examples
-        )
+        data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.stats.examples)
         expected = StatsMeta(
             base_model=cfg.model.name, fingerprint=fingerprint, task=task,
             n_examples=len(data), n_tokens=-1, max_length=cfg.stats.max_length, mask=cfg.stats.mask,
@@ -82,33 +89,42 @@ def _same_inputs(meta: StatsMeta, expected: StatsMeta) -> bool:
     return all(getattr(meta, k) == getattr(expected, k) for k in keys)
 
 
+def subspace_options(cfg: ExperimentConfig) -> dict:
+    """Keyword options of :func:`osrm.subspace.osrm_bases` from the config (also recorded in
+    each adapter's provenance)."""
+    return cfg.subspace.model_dump(include={"weighting", "center", "basis", "ridge"})
+
+
+def solve_bases(
+    cfg: ExperimentConfig,
+    stats_by_task: TaskStats,
+    metas: dict[str, StatsMeta],
+    task: str,
+    mode: str,
+) -> dict[str, Tensor]:
+    """OSRM initial A of ``task``'s adapter in ``mode``: module -> (rank, d_in)."""
+    return osrm_bases(stats_by_task, task, cfg.lora.rank, mode, seed=cfg.seed, metas=metas,
+                      **subspace_options(cfg))  # fmt: skip
+
+
 def subspace_stage(
     cfg: ExperimentConfig, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
-) -> dict[str, list[dict]]:
-    """OSRM bases of every task in every configured mode, summarised per task."""
+) -> tuple[ModeBases, dict[str, list[dict]]]:
+    """OSRM bases of every task in every configured mode, and their summary per task.
+
+    The bases are returned so that the training stage of the same process reuses them.
+    """
     sub = cfg.subspace
-    out = {}
+    solved, summary = {}, {}
     for mode in sub.modes:
         try:
-            bases = {
-                task: osrm_bases(
-                    stats_by_task,
-                    task,
-                    cfg.lora.rank,
-                    mode,
-                    weighting=sub.weighting,
-                    center=sub.center,
-                    basis=sub.basis,
-                    ridge=sub.ridge,
-                    seed=cfg.seed,
-                    metas=metas,
-                )
-                for task in cfg.task_names
+            solved[mode] = {
+                task: solve_bases(cfg, stats_by_task, metas, task, mode) for task in stats_by_task
             }
         except OsrmError as e:  # name the config fields that led here
             raise OsrmError(f"lora.rank {cfg.lora.rank}, subspace mode {mode!r}: {e}") from None
         energies, overlaps = subspace_report(
-            stats_by_task, bases, weighting=sub.weighting, center=sub.center, seed=cfg.seed
+            stats_by_task, solved[mode], weighting=sub.weighting, center=sub.center, seed=cfg.seed
         )
-        out[mode] = summarise_report(energies, overlaps)
-    return out
+        summary[mode] = summarise_report(energies, overlaps)
+    return solved, summary

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import shutil
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,33 +16,29 @@ import torch
 from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
-from osrm.data import batches, encode
 from osrm.inits import INITS
 from osrm.models import load_base
 from osrm.rundir import adapter_dir
-from osrm.stages.common import TaskStats, run_fingerprint, task_spec
+from osrm.stages.statistics import ModeBases, TaskStats, solve_bases, subspace_options
 from osrm.stats import (
     StatsMeta,
     find_target_modules,
     module_fingerprints,
     stats_digest,
 )
-from osrm.subspace import osrm_bases
-from osrm.tasks import load_task
+from osrm.tasks.batching import batches, encode
+from osrm.tasks.registry import load_task
+from osrm.tasks.spec import TaskSpec
 from osrm.train import train
 
 log = logging.getLogger(__name__)
 
 
-def subspace_options(cfg: ExperimentConfig) -> dict:
-    """Keyword options of :func:`osrm.subspace.osrm_bases` from the config."""
-    sub = cfg.subspace
-    return {
-        "weighting": sub.weighting,
-        "center": sub.center,
-        "basis": sub.basis,
-        "ridge": sub.ridge,
-    }
+def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
+    """Hash of what determines an adapter: model, LoRA and training settings, seed, parts."""
+    payload = [cfg.model.model_dump(), cfg.lora.model_dump(), cfg.train.model_dump(), cfg.seed]
+    blob = json.dumps([*payload, *map(str, parts)], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def provenance(
@@ -59,28 +58,25 @@ def provenance(
     )  # fmt: skip
 
 
-def init_bases(
-    cfg: ExperimentConfig, prov: Provenance, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
-) -> dict[str, torch.Tensor] | None:
-    """The initial A of an adapter (None: peft's default init)."""
-    if prov.mode is None:
-        return None
-    return osrm_bases(stats_by_task, prov.task, cfg.lora.rank, prov.mode, seed=cfg.seed,
-                      metas=metas, **subspace_options(cfg))  # fmt: skip
-
-
 def adapter_stage(
-    cfg: ExperimentConfig, run_dir: Path, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    specs: Mapping[str, TaskSpec],
+    stats_by_task: TaskStats,
+    metas: dict[str, StatsMeta],
+    solved: ModeBases | None = None,
 ) -> dict[tuple[str, str], Path]:
     """Train every (init, task) adapter into ``adapters/<init>/<task>``, skipping finished ones.
 
     An adapter directory counts as finished when its manifest verifies and its training
-    record matches this config.
+    record matches this config. OSRM inits start from the bases in ``solved`` (those of
+    :func:`~osrm.stages.statistics.subspace_stage`); a mode not there is solved here.
     """
     out = {}
+    solved = solved or {}
     digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
     for init in cfg.lora.inits:
-        for task in cfg.task_names:
+        for task, spec in specs.items():
             path = adapter_dir(run_dir, init, task)
             prov = provenance(cfg, init, task, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
@@ -88,8 +84,13 @@ def adapter_stage(
                 log.info("adapter %s/%s: reusing %s", init, task, path)
             else:
                 log.info("adapter %s/%s: training", init, task)
-                bases = init_bases(cfg, prov, stats_by_task, metas)
-                train_task(cfg, task, path, bases=bases, provenance=prov)
+                mode = prov.mode
+                bases = None  # peft's default init
+                if mode is not None:
+                    bases = solved.get(mode, {}).get(task)
+                    if bases is None:
+                        bases = solve_bases(cfg, stats_by_task, metas, task, mode)
+                train_task(cfg, spec, path, bases=bases, provenance=prov)
             out[init, task] = path
     return out
 
@@ -103,7 +104,7 @@ def frozen_a_settings(train_cfg: TrainSection) -> TrainSection:
 
 def train_task(
     cfg: ExperimentConfig,
-    task: str,
+    spec: TaskSpec,
     out_dir: Path,
     *,
     bases: dict[str, torch.Tensor] | None = None,
@@ -116,7 +117,7 @@ def train_task(
     the same head and sees the same batches. Checkpoints go to ``.<out_dir>.ckpt`` beside the
     adapter and are removed once the adapter is saved.
     """
-    spec = task_spec(cfg, task)
+    task = spec.name
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_base(cfg, spec.num_labels)
     if provenance is not None:  # per-module base hashes (not part of the run fingerprint)
