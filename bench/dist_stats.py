@@ -29,10 +29,10 @@ def worker(args: argparse.Namespace) -> None:
 
     from osrm import distributed
     from osrm.cli import quiet_libraries
-    from osrm.data import batches, encode
     from osrm.models import load_model
     from osrm.stats import StatsMeta, collect_stats, save_stats
-    from osrm.tasks import load_task
+    from osrm.tasks.batching import batches, encode
+    from osrm.tasks.registry import load_task
 
     quiet_libraries()
     torch.set_num_threads(args.threads)

@@ -18,10 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 import common  # noqa: E402
-from osrm.data import batches, encode  # noqa: E402
 from osrm.models import load_model  # noqa: E402
 from osrm.stats import collect_stats  # noqa: E402
-from osrm.tasks import load_task  # noqa: E402
+from osrm.tasks.batching import batches, encode  # noqa: E402
+from osrm.tasks.registry import load_task  # noqa: E402
 
 
 def main() -> dict:

@@ -20,9 +20,9 @@ from peft import LoraConfig  # noqa: E402
 import common  # noqa: E402
 from osrm.adapters import attach_lora  # noqa: E402
 from osrm.config import TrainSection  # noqa: E402
-from osrm.data import batches, encode  # noqa: E402
 from osrm.models import load_model  # noqa: E402
-from osrm.tasks import get_task, load_task  # noqa: E402
+from osrm.tasks.batching import batches, encode  # noqa: E402
+from osrm.tasks.registry import get_task, load_task  # noqa: E402
 from osrm.train import train  # noqa: E402
 
 

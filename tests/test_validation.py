@@ -298,7 +298,7 @@ def test_max_length_above_the_model_positions_is_cut(ws):
 
     from conftest import make_tiny_bert, make_tiny_tokenizer
     from osrm.evaluate import evaluate
-    from osrm.tasks import task_from_dict
+    from osrm.tasks.registry import task_from_dict
 
     spec = task_from_dict({"name": "long", "files": {"train": str(ws / "data" / "low.csv")},
                            "text_fields": ["text"], "label_field": "label",

@@ -7,52 +7,27 @@ result. Every error names the file or field and the expected value.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from osrm.errors import OsrmError
 from osrm.inits import INITS, MEAN_BASES, MODES, WEIGHTINGS
 from osrm.safety import check_name
+from osrm.schema import Section, first_error
+from osrm.tasks.blocks import check_task_blocks
 
 # torch, numpy and the seeded data order all take a seed that fits in 32 bits
 MAX_SEED = 2**32 - 1
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 
-
-MAX_INT = 2**63 - 1  # counts go to torch, itertools and numpy, which take 64-bit integers
-
 # names defined once in osrm.inits; Literal of a tuple is the Literal of its items, in order
 InitName = Literal[tuple(INITS)]  # type: ignore[valid-type]
 ModeName = Literal[MODES]  # type: ignore[valid-type]
-
-
-class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys are an error, every float finite and
-    every integer within 64 bits (``stats.batch_size=1e30`` is refused here, not in islice)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @field_validator("*")
-    @classmethod
-    def _int64(cls, value: Any) -> Any:
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
-            raise ValueError(f"expected an integer of at most 64 bits, got {value}")
-        return value
 
 
 class ModelConfig(Section):
@@ -158,85 +133,6 @@ class EvalSection(Section):
     max_eval_examples: int | None = Field(None, ge=1)
 
 
-def _as_list(value: Any) -> Any:
-    """``text_fields: review`` means ``[review]`` (osrm.tasks accepts both)."""
-    return [value] if isinstance(value, str) else value
-
-
-def _scalar(value: Any) -> Any:
-    """A label as YAML writes it (``1``, ``1.0``, ``yes``), kept as is (osrm.splits.label_key)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"expected a finite label value, got {value!r}")
-    if not isinstance(value, str | int | float | bool):
-        raise ValueError(f"expected a label value (string or number), got {type(value).__name__}")
-    return value
-
-
-Names = Annotated[list[str], BeforeValidator(_as_list), Field(min_length=1)]
-Labels = Annotated[list[Annotated[Any, AfterValidator(_scalar)]], Field(min_length=1)]
-Fraction = Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]
-
-
-class SplitsBlock(Section):
-    """The ``splits`` of a user task block (osrm.splits.SplitPolicy)."""
-
-    train: str = "train"
-    validation: str | None = None
-    test: str | None = None
-    validation_fraction: Fraction = 0.1
-    test_fraction: Fraction = 0.1
-
-
-class TaskBlock(Section):
-    """The types of a user task block; its meaning is checked by osrm.tasks.task_from_dict.
-
-    Validated only (the block itself is kept as written), so that every type error is one line
-    naming ``tasks.N.field`` instead of a traceback deep in data loading.
-    """
-
-    # absent and null differ for osrm.tasks (a key given is used): a default of None here is
-    # never validated, but an explicit null is refused where osrm.tasks has no meaning for it
-    name: str
-    text_fields: Names
-    label_field: str
-    label_names: Labels = None  # type: ignore[assignment]
-    label_values: Labels | None = None
-    regression: bool = False
-    metrics: Names = None  # type: ignore[assignment]
-    main_metric: str = None  # type: ignore[assignment]
-    source: str = None  # type: ignore[assignment]
-    subset: str | None = None
-    files: dict[Literal["train", "validation", "test"], str] = None  # type: ignore[assignment]
-    splits: SplitsBlock | None = None
-    size: int | None = Field(None, ge=0)
-    description: str = ""
-    license: str = ""
-
-    @field_validator("name")
-    @classmethod
-    def _file_name(cls, value: str) -> str:  # stats/<name>.safetensors, adapters/<init>/<name>
-        return check_name(value, "tasks: name")
-
-
-def check_task_blocks(tasks: Any, source: str) -> None:
-    """Every ``tasks`` entry is a registry name or a well-typed task block, else OsrmError."""
-    if not isinstance(tasks, list):
-        return  # the schema reports it (field 'tasks': Input should be a valid list)
-    for i, entry in enumerate(tasks):
-        if isinstance(entry, str):
-            continue
-        if not isinstance(entry, dict):
-            got = repr(entry)[:60]
-            raise OsrmError(
-                f"{source}: field 'tasks.{i}': expected a registry task name or a task block "
-                f"(a mapping with name, files, text_fields, label_field, ...), got {got}"
-            )
-        try:
-            TaskBlock.model_validate(entry)
-        except ValidationError as e:
-            raise OsrmError(f"{source}: {_first_error(e, ('tasks', i), TaskBlock)}") from None
-
-
 class ExperimentConfig(Section):
     """The whole experiment (one run directory)."""
 
@@ -245,7 +141,7 @@ class ExperimentConfig(Section):
     model: ModelConfig = ModelConfig()
     tasks: list[str | dict[str, Any]] = Field(
         min_length=2,
-        description="registry names, or user task blocks (see osrm.tasks.task_from_dict)",
+        description="registry names, or user task blocks (see osrm.tasks.registry.task_from_dict)",
     )
     lora: LoraSection = LoraSection()
     stats: StatsSection = StatsSection()
@@ -283,9 +179,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             raise OsrmError(f"override {item!r}: expected key=value, e.g. lora.rank=16")
         try:
             value = yaml.safe_load(raw)
-        except yaml.YAMLError as e:  # a ReaderError (control characters) has no .problem
-            problem = " ".join(str(getattr(e, "problem", None) or e).split())
-            raise OsrmError(f"override {item!r}: value is not valid YAML ({problem})") from None
+        except yaml.YAMLError as e:
+            raise OsrmError(f"override {item!r}: value is not valid YAML ({_problem(e)})") from None
         node = out
         parts = key.split(".")
         for part in parts[:-1]:
@@ -301,46 +196,18 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+def _problem(e: yaml.YAMLError) -> str:
+    """YAML's complaint on one line (a ReaderError, from control characters, has no .problem)."""
+    return " ".join(str(getattr(e, "problem", None) or e).split())
+
+
 def parse_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:
     """Validate a mapping; the first error becomes one line naming the field."""
     check_task_blocks(data.get("tasks"), source)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as e:
-        raise OsrmError(f"{source}: {_first_error(e)}") from None
-
-
-def _first_error(
-    e: ValidationError, prefix: tuple = (), root: type[BaseModel] | None = None
-) -> str:
-    err = e.errors()[0]
-    # pydantic marks a bad mapping key with a '[key]' step: the key itself names the place
-    loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if p != "[key]")
-    if err["type"] == "extra_forbidden":
-        section = _section_at(err["loc"][:-1], root or ExperimentConfig)
-        return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
-    if err["type"] == "value_error":  # our own validators: their message says it all
-        message = str(err.get("ctx", {}).get("error", err["msg"]))
-        return f"field {loc!r}: {message}" if loc else message
-    got = repr(err.get("input"))
-    got = got if len(got) <= 80 else got[:77] + "..."
-    return f"field {loc!r}: {err['msg']} (got {got})"
-
-
-def _section_at(path: Sequence[Any], root: type[BaseModel]) -> type[BaseModel]:
-    model = root
-    for part in path:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            break
-        annotation = field.annotation
-        for arg in getattr(annotation, "__args__", ()):  # ``SplitsBlock | None``: the model
-            if isinstance(arg, type) and issubclass(arg, BaseModel):
-                annotation = arg
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return model
+        raise OsrmError(f"{source}: {first_error(e, ExperimentConfig)}") from None
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -353,8 +220,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentCo
     except UnicodeDecodeError:
         raise OsrmError(f"{path}: cannot read config (not UTF-8 text)") from None
     except yaml.YAMLError as e:
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
-        raise OsrmError(f"{path}: not valid YAML ({problem})") from None
+        raise OsrmError(f"{path}: not valid YAML ({_problem(e)})") from None
     if not isinstance(data, dict):
         raise OsrmError(f"{path}: expected a mapping of sections at the top level")
     data = apply_overrides(data, overrides)

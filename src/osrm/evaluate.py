@@ -11,13 +11,14 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from osrm import distributed
-from osrm.data import batches, encode
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.metrics import compute_metrics
 from osrm.models import cap_tokenizer
 from osrm.progress import tqdm
-from osrm.tasks import TaskSpec, get_task, load_task
+from osrm.tasks.batching import batches, encode
+from osrm.tasks.registry import get_task, load_task
+from osrm.tasks.spec import TaskSpec
 
 
 def predict(
@@ -74,7 +75,7 @@ def evaluate(
         task: registry name or spec; its metrics are computed.
         split: ``train``, ``validation`` or ``test``.
         tokenizer, max_length, batch_size: encoding and batching (padding per batch).
-        seed, max_examples: as for :func:`osrm.tasks.load_task`.
+        seed, max_examples: as for :func:`osrm.tasks.registry.load_task`.
         data: an already standardised split, instead of loading one.
 
     Returns:

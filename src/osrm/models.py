@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from osrm import distributed
 from osrm.adapters import load_adapter
+from osrm.assets import asset_cache, package_dir
 from osrm.atomic import atomic_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
@@ -47,14 +48,6 @@ ALIASES = {
 }
 
 
-def package_dir(package: str) -> Path | None:
-    """Directory of an installed top-level package, found without executing its ``__init__``."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
-
-
 def resolve_model(name: str) -> str:
     """A local directory for ``name`` when one exists, else the hub name (online use only)."""
     if Path(name).is_dir():
@@ -75,11 +68,6 @@ def resolve_model(name: str) -> str:
             f"({sorted(ALIASES)}), and HF_HUB_OFFLINE=1 forbids downloading it"
         )
     return canonical
-
-
-def asset_cache() -> Path:
-    """``$OSRM_ASSET_CACHE``, by default ``~/.cache/osrm/assets``."""
-    return Path(os.environ.get("OSRM_ASSET_CACHE") or Path.home() / ".cache" / "osrm" / "assets")
 
 
 def gguf_to_safetensors(gguf: Path, name: str) -> Path:
@@ -141,8 +129,8 @@ def max_positions(config) -> int | None:
 
 def cap_tokenizer(tokenizer: PreTrainedTokenizerBase, config) -> PreTrainedTokenizerBase:
     """Record the model's position limit on the tokenizer (``osrm_max_positions``):
-    :func:`osrm.data.encode` never asks for more, so a ``max_length`` above it cannot index past
-    the position table. Below the limit, ``max_length`` applies as given."""
+    :func:`osrm.tasks.batching.encode` never asks for more, so a ``max_length`` above it cannot
+    index past the position table. Below the limit, ``max_length`` applies as given."""
     positions = max_positions(config)
     if positions is not None:
         tokenizer.osrm_max_positions = positions

@@ -1,8 +1,8 @@
-"""What a task is: :class:`TaskSpec` data, the built-in registry :data:`TASKS`, and loading.
+"""The built-in tasks :data:`TASKS`, user task blocks, and loading a task's splits.
 
-``load_task`` reads a task's raw source (:mod:`osrm.sources`), standardises it to the columns
+``load_task`` reads a task's raw source (:mod:`osrm.tasks.sources`), standardises it to the columns
 ``text``, ``text_pair`` (pair tasks only) and ``label`` (class id in ``label_names`` order, or a
-float for regression), then cuts ``train``/``validation``/``test`` (:mod:`osrm.splits`).
+float for regression), then cuts ``train``/``validation``/``test`` (:mod:`osrm.tasks.splits`).
 
 ``test`` is always the split results are reported on. GLUE's test labels are hidden, so GLUE's
 ``test`` is its official validation split (MNLI: validation_matched) as in the paper's protocol
@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -24,106 +24,13 @@ from typing import Any
 from datasets import Dataset
 
 from osrm.errors import OsrmError
-from osrm.metrics import METRICS
-from osrm.sources import SOURCES, read_raw
-from osrm.splits import SPLITS, SplitPolicy, label_key, prepare_splits, subsample
+from osrm.tasks.sources import check_source, read_raw
+from osrm.tasks.spec import SPLITS, SplitPolicy, TaskSpec, as_tuple
+from osrm.tasks.splits import prepare_splits, subsample
 
 logger = logging.getLogger(__name__)
 
 REGRESSION_METRICS = ("pearson", "spearman", "pearson_spearman")
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task as data. Lists passed in are stored as tuples, so specs are hashable.
-
-    Attributes:
-        name: registry key.
-        source: reader in ``osrm.sources.SOURCES`` (e.g. ``"glue"``, ``"bigbench"``, ``"files"``).
-        text_fields: one raw column (single sentence) or two (pair: ``text``, ``text_pair``).
-        label_field: raw label column.
-        label_names: class names; their order fixes the label ids. ``None`` means regression.
-        metrics: names in ``osrm.metrics.METRICS``; ``main_metric`` is the one reported/averaged.
-        subset: source argument (GLUE config, BIG-bench task path, VADER file, R package).
-        label_values: raw label values in ``label_names`` order (default: the names themselves).
-        splits: how train/validation/test are formed (:class:`SplitPolicy`).
-        files: ``(split, path)`` pairs for ``source="files"``.
-        size: documented number of examples over all splits after cleaning (``None``: unknown).
-        description, license: where the data come from and under which terms.
-    """
-
-    name: str
-    source: str
-    text_fields: tuple[str, ...]
-    label_field: str
-    label_names: tuple[str, ...] | None
-    metrics: tuple[str, ...]
-    main_metric: str
-    subset: str | None = None
-    label_values: tuple[str, ...] | None = None
-    splits: SplitPolicy = field(default_factory=SplitPolicy)
-    files: tuple[tuple[str, str], ...] = ()
-    size: int | None = None
-    description: str = ""
-    license: str = ""
-
-    def __post_init__(self) -> None:
-        norm = {"text_fields": _strs(self.text_fields), "metrics": _strs(self.metrics)}
-        if self.label_names is not None:
-            norm["label_names"] = tuple(label_key(v) for v in _strs(self.label_names))
-        if self.label_values is not None:
-            norm["label_values"] = tuple(label_key(v) for v in _strs(self.label_values))
-        files = self.files.items() if isinstance(self.files, Mapping) else self.files
-        norm["files"] = tuple((str(s), os.fspath(p)) for s, p in files)
-        for key, value in norm.items():
-            object.__setattr__(self, key, value)
-        problem = _spec_problem(self)
-        if problem:
-            raise OsrmError(f"task '{self.name}': {problem}")
-
-    @property
-    def is_pair(self) -> bool:
-        """Whether examples are sentence pairs (``text``, ``text_pair``)."""
-        return len(self.text_fields) == 2
-
-    @property
-    def is_regression(self) -> bool:
-        """Whether the label is a float target rather than a class id."""
-        return self.label_names is None
-
-    @property
-    def num_labels(self) -> int:
-        """Classifier outputs: number of classes, or 1 for regression."""
-        return 1 if self.label_names is None else len(self.label_names)
-
-
-def _strs(value: Any) -> tuple[str, ...]:
-    return (value,) if isinstance(value, str) else tuple(value)
-
-
-def _spec_problem(spec: TaskSpec) -> str | None:
-    """The first inconsistency of a spec, as a phrase, or ``None``."""
-    if not isinstance(spec.name, str) or not spec.name:
-        return "name must be a non-empty string"
-    if spec.source not in SOURCES:
-        return f"source '{spec.source}' is not one of {', '.join(SOURCES)}"
-    if len(spec.text_fields) not in (1, 2):
-        return f"text_fields must name 1 or 2 columns, got {list(spec.text_fields)}"
-    names = spec.label_names
-    if names is not None and (len(names) < 2 or len(set(names)) != len(names)):
-        return f"label_names must be 2 or more distinct values, got {list(names)}"
-    values = spec.label_values
-    if values is not None and (names is None or len(set(values)) != len(names)):
-        return f"label_values must be {len(names or ())} distinct values, one per label_names entry"
-    unknown = [m for m in spec.metrics if m not in METRICS] or ([] if spec.metrics else ["(none)"])
-    if unknown:
-        return f"unknown metric '{unknown[0]}'; valid metrics: {', '.join(METRICS)}"
-    if spec.main_metric not in spec.metrics:
-        return f"main_metric '{spec.main_metric}' is not one of metrics {list(spec.metrics)}"
-    have, want = {s for s, _ in spec.files}, set(spec.splits.source_names().values())
-    if spec.source == "files" and have != want:
-        return f"files cover splits {sorted(have)} but the split policy reads {sorted(want)}"
-    return None
 
 
 def _glue(
@@ -270,13 +177,14 @@ def task_from_dict(d: Mapping[str, Any], *, base_dir: str | os.PathLike | None =
     kw.setdefault("label_names", None)
     default = REGRESSION_METRICS if regression else ("accuracy",)
     kw.setdefault("metrics", default)
-    kw.setdefault("main_metric", _strs(kw["metrics"])[0] if "metrics" in d else default[-1])
+    kw.setdefault("main_metric", as_tuple(kw["metrics"])[0] if "metrics" in d else default[-1])
     kw["splits"] = _split_policy(name, d.get("splits") or {}, d.get("files"))
     if "files" in d:
         kw.setdefault("source", "files")
         kw["files"] = _resolve_files(name, d["files"], base_dir)
     if "source" not in kw:
         raise OsrmError(f"task '{name}': give files (a mapping split -> path) or a source")
+    check_source(name, kw["source"])  # here, not in TaskSpec: spec.py knows no readers
     return TaskSpec(**kw)
 
 

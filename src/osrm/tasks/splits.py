@@ -20,58 +20,16 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from datasets import ClassLabel, Dataset, Features, Value
 
 from osrm.errors import OsrmError
-
-if TYPE_CHECKING:
-    from osrm.tasks import TaskSpec
+from osrm.tasks.spec import SPLITS, TaskSpec, label_key
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 TEXT_COLUMNS = ("text", "text_pair")
-
-
-@dataclass(frozen=True)
-class SplitPolicy:
-    """Where a task's train/validation/test come from.
-
-    Attributes:
-        train: source split holding the training pool.
-        validation: source split used as is, or ``None`` to carve ``validation_fraction`` of
-            the (deduplicated) pool.
-        test: likewise, with ``test_fraction``.
-    """
-
-    train: str = "train"
-    validation: str | None = None
-    test: str | None = None
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        fractions = (self.validation_fraction, self.test_fraction)
-        if not all(0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
-            raise OsrmError(f"split fractions must be in [0, 1) with sum < 1, got {fractions}")
-
-    def source_names(self) -> dict[str, str]:
-        """``{our split: source split}`` for the splits the source provides."""
-        named = {"train": self.train, "validation": self.validation, "test": self.test}
-        return {ours: src for ours, src in named.items() if src is not None}
-
-
-def label_key(value: Any) -> str | None:
-    """Canonical string of a raw label (``1``, ``1.0`` and ``"1"`` agree); ``None`` if missing."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    key = str(value).strip()
-    return key or None
 
 
 def column(dataset: Dataset, name: str) -> list:
@@ -192,7 +150,7 @@ def prepare_splits(
 
     Args:
         spec: the task; ``spec.splits`` names the source splits to use.
-        raw: ``{source split name: Dataset}``, e.g. from :func:`osrm.sources.read_raw`.
+        raw: ``{source split name: Dataset}``, e.g. from :func:`osrm.tasks.sources.read_raw`.
         seed: seed of the carved splits.
     """
     policy = spec.splits

@@ -1,4 +1,4 @@
-"""Tokenisation and batching of standardised task datasets (:func:`osrm.tasks.load_task`).
+"""Tokenisation and batching of standardised task datasets (:func:`osrm.tasks.registry.load_task`).
 
 ``encode`` tokenises without padding; ``batches`` pads each batch with transformers'
 ``DataCollatorWithPadding``: to the longest sequence of the batch by default, or to a fixed

