@@ -28,31 +28,28 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lora.rank=16")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _cmd_run(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     pipeline.print_summary(pipeline.run(args.config, args.overrides))
-    return 0
 
 
-def _cmd_stats(args: argparse.Namespace) -> int:
+def _cmd_stats(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     out = pipeline.run(args.config, args.overrides, until="stats")
     print(f"\n{out['subspace_table']}\n\nstatistics: {out['run_dir']}/stats/")
-    return 0
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     out = pipeline.run(args.config, args.overrides, until="train")
     for (init, task), path in out["adapters"].items():
         print(f"{init:10s} {task:22s} {path}")
-    return 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
+def _cmd_eval(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     if args.config is not None:
@@ -61,36 +58,32 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         out = pipeline.run(args.config, args.overrides, until="eval")
         pipeline.print_summary({**out, "report": None})
         print(f"results: {out['run_dir']}/results.jsonl")
-        return 0
-    print(json.dumps(pipeline.eval_one(args), indent=2))
-    return 0
+    else:
+        print(json.dumps(pipeline.eval_one(args), indent=2))
 
 
-def _cmd_merge(args: argparse.Namespace) -> int:
+def _cmd_merge(args: argparse.Namespace) -> None:
     from osrm import locking, pipeline
-    from osrm.atomic import keep_existing
+    from osrm.artifacts import keep_existing
 
     # one osrm merge at a time per --out (the lock file is removed afterwards); without --force
     # an --out that another program creates meanwhile is not replaced either
     keep = contextlib.nullcontext() if args.force else keep_existing(args.out)
     with locking.held(locking.beside(args.out), f"--out {args.out}"), keep:
         print(json.dumps(pipeline.merge(args), indent=2))
-    return 0
 
 
-def _cmd_report(args: argparse.Namespace) -> int:
+def _cmd_report(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     paths = pipeline.report(args.run_dir)
     print(f"report: {paths['html']} (tables: {paths['markdown']}, {paths['csv']})")
-    return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_demo(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
     pipeline.demo(args.run_dir, args.overrides, quick=args.quick)
-    return 0
 
 
 def _add_eval(p: argparse.ArgumentParser) -> None:
@@ -149,7 +142,7 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 
 class Command(NamedTuple):
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    handler: Callable[[argparse.Namespace], int]
+    handler: Callable[[argparse.Namespace], None]
     help: str
     examples: tuple[str, ...]
 
@@ -267,9 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress.set_quiet(args.quiet)
     clean = False
     try:
-        code = args.func(args)
+        args.func(args)
         clean = True
-        return code
+        return 0
     except (OsrmError, OSError) as e:
         if args.debug:
             raise

@@ -49,12 +49,13 @@ from osrm.rundir import (
     run_dir_locked,
     run_path,
     stats_file,
+    unlock_run_dir,
     write_json,
 )
 from osrm.safety import require_safetensors
 from osrm.stages.common import task_spec
 from osrm.stages.evaluation import eval_stage, interference_stage
-from osrm.stages.preparation import check_rank, prepare, release
+from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
@@ -75,7 +76,7 @@ def run(
     try:
         return _stages(cfg, until)
     finally:
-        release(cfg)
+        unlock_run_dir(Path(cfg.run_dir))
 
 
 def _stages(cfg: ExperimentConfig, until: str) -> dict:

@@ -19,10 +19,10 @@ from typing import Any
 
 from osrm import distributed, locking
 from osrm.adapters import RUN_ADAPTER_FILES
-from osrm.atomic import atomic_file, read_yaml
+from osrm.artifacts import atomic_file, verify_dir
 from osrm.config import ExperimentConfig, dump_config, parse_config
 from osrm.errors import OsrmError
-from osrm.manifest import verify_dir
+from osrm.loaders import read_yaml
 from osrm.report import hp_string
 from osrm.safety import check_name, ensure_inside
 
@@ -66,20 +66,6 @@ def check_run_dir(run_dir: Path) -> None:
         for name in sorted(dirs + files):
             if os.path.islink(os.path.join(top, name)):
                 raise _link_error(Path(top) / name, run_dir)
-
-
-def lock_run_dir(run_dir: Path) -> None:
-    """Create ``run_dir`` and hold its lock until :func:`unlock_run_dir` or the process ends.
-
-    Under a launcher only the main process locks: the others work in the same run with it.
-    """
-    if not distributed.is_main():
-        return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OsrmError(f"run_dir {run_dir}: cannot create it ({e.strerror})") from None
-    locking.acquire(run_path(run_dir, LOCK_FILE), f"run_dir {run_dir}")
 
 
 def unlock_run_dir(run_dir: Path) -> None:
@@ -164,8 +150,17 @@ def check_recorded(cfg: ExperimentConfig, run_dir: Path) -> None:
 
 
 def record_config(cfg: ExperimentConfig, run_dir: Path) -> None:
-    """Lock ``run_dir`` (held until :func:`unlock_run_dir`) and write its ``config.yaml``."""
-    lock_run_dir(run_dir)  # the main process: held for the whole command
+    """Create and lock ``run_dir`` (held until :func:`unlock_run_dir` or the process ends) and
+    write its ``config.yaml``.
+
+    Under a launcher only the main process locks: the others work in the same run with it.
+    """
+    if distributed.is_main():  # held for the whole command
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OsrmError(f"run_dir {run_dir}: cannot create it ({e.strerror})") from None
+        locking.acquire(run_path(run_dir, LOCK_FILE), f"run_dir {run_dir}")
     try:
         if distributed.is_main():
             check_recorded(cfg, run_dir)  # written by another process since the first check?

@@ -27,6 +27,7 @@ from osrm.evaluate import evaluate
 from osrm.heads import adapter_head, use_head
 from osrm.merging import (
     METHODS,
+    LoraDeltas,
     apply_deltas,
     gram_lookup,
     load_adapters,
@@ -87,13 +88,12 @@ def save_merged(
     out: Path,
     backbone: nn.Module,
     merged: Mapping[str, Tensor],
-    dirs: Sequence[Path],
+    sources: Sequence[LoraDeltas],
     method: str,
     hp: Mapping[str, Any],
 ) -> None:
     """``merge.save``: the merged dense backbone with every task's head and manifests, written
     exactly as ``osrm merge`` writes a dense output (:func:`osrm.merging.outputs.write_dense`)."""
-    sources = load_adapters(dirs)
     manifest = build_manifest(
         output="dense", method=method, weights=cfg.merge.weights,
         hyperparameters=hp_record(method, hp), sources=sources, tasks=cfg.task_names,
@@ -192,7 +192,7 @@ def eval_stage(
             merged = merge_split(sources, method, cfg.merge.weights,
                                  grams if needs_stats else None, hp)  # fmt: skip
             if cfg.merge.save and distributed.is_main():
-                save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, dirs,
+                save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, sources,
                             method, hp)  # fmt: skip
             with merged_into(backbone, merged):
                 for task in todo:

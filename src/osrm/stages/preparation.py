@@ -11,7 +11,7 @@ from osrm import distributed
 from osrm.config import ExperimentConfig, load_config
 from osrm.errors import OsrmError
 from osrm.models import load_error, resolve_device, resolve_model
-from osrm.rundir import check_recorded, check_run_dir, record_config, unlock_run_dir
+from osrm.rundir import check_recorded, check_run_dir, record_config
 from osrm.stages.common import task_spec
 from osrm.stages.evaluation import merge_grid
 from osrm.stats import capture_inputs, find_target_modules, input_dim
@@ -26,7 +26,8 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     written: the run directory, the model (its config built on the meta device: device, target
     modules, rank), every task's data and the splits the run uses, the merge grid. A mistake
     therefore leaves no ``config.yaml`` behind that would refuse the corrected command. The run
-    directory stays locked (:mod:`osrm.locking`) until :func:`release` or the process ends.
+    directory stays locked (:mod:`osrm.locking`) until
+    :func:`osrm.rundir.unlock_run_dir` or the process ends.
 
     Raises:
         OsrmError: a bad config, model, task or merge setting, a run directory that holds a
@@ -52,11 +53,6 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     distributed.barrier()
     torch.manual_seed(cfg.seed)
     return cfg
-
-
-def release(cfg: ExperimentConfig) -> None:
-    """Unlock the run directory taken by :func:`prepare`."""
-    unlock_run_dir(Path(cfg.run_dir))
 
 
 def check_model(cfg: ExperimentConfig) -> None:
