@@ -48,7 +48,6 @@ from osrm.rundir import (
     discard_unverified_adapters,
     run_dir_locked,
     run_path,
-    stats_file,
     unlock_run_dir,
     write_json,
 )
@@ -102,8 +101,7 @@ def _stages(cfg: ExperimentConfig, until: str) -> dict:
     out["adapters"] = adapters
     if until == "train":
         return out
-    stats_paths = {t: stats_file(run_dir, t) for t in cfg.task_names}
-    results = eval_stage(cfg, run_dir, specs, adapters, stats_paths)
+    results = eval_stage(cfg, run_dir, specs, adapters)
     matrices = interference_stage(cfg, adapters, stats)
     write_json(run_path(run_dir, INTERFERENCE_FILE), matrices)
     out.update(results=results, interference=matrices)

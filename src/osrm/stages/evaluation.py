@@ -38,7 +38,7 @@ from osrm.merging.outputs import write_dense
 from osrm.merging.record import build_manifest, hp_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
-from osrm.rundir import RESULTS_FILE, merged_dir, run_path
+from osrm.rundir import RESULTS_FILE, merged_dir, run_path, stats_file
 from osrm.stages.statistics import TaskStats
 from osrm.tasks.spec import TaskSpec
 
@@ -160,7 +160,6 @@ def eval_stage(
     run_dir: Path,
     specs: Mapping[str, TaskSpec],
     adapters: Mapping[tuple[str, str], Path],
-    stats_paths: Mapping[str, Path],
 ) -> list[Result]:
     """Score base, individual and every merged setting; return all results of the run."""
     path = run_path(run_dir, RESULTS_FILE)
@@ -187,7 +186,7 @@ def eval_stage(
                 continue
             needs_stats = METHODS[method].needs_stats
             if needs_stats and grams is None:
-                grams = gram_lookup([stats_paths[t] for t in tasks], sources)
+                grams = gram_lookup([stats_file(run_dir, t) for t in tasks], sources)
             log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
             merged = merge_split(sources, method, cfg.merge.weights,
                                  grams if needs_stats else None, hp)  # fmt: skip
