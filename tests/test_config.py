@@ -87,7 +87,7 @@ def test_apply_overrides_copies():
 
 
 def test_user_task_blocks_resolve_relative_to_the_config(tmp_path):
-    from osrm.stages.common import task_spec
+    from osrm.tasks.registry import task_spec
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "reviews.csv").write_text("review,stars\ngood,pos\nbad,neg\nfine,pos\n")

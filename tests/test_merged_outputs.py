@@ -29,9 +29,8 @@ from osrm.config import load_config
 from osrm.heads import adapter_head, head_outputs, use_head
 from osrm.merging import load_adapters, load_head, merge_deltas, read_manifest
 from osrm.models import load_base
-from osrm.stages.common import task_spec
-from osrm.stages.evaluation import eval_task
-from osrm.stages.evaluation import merged_into
+from osrm.stages.evaluation import eval_task, merged_into
+from osrm.tasks.registry import task_spec
 from tiny_workspace import make_workspace, tree
 
 TASKS = ("low", "high", "reg")

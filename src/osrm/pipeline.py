@@ -52,13 +52,12 @@ from osrm.rundir import (
     write_json,
 )
 from osrm.safety import require_safetensors
-from osrm.stages.common import task_spec
 from osrm.stages.evaluation import eval_stage, interference_stage
 from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
-from osrm.tasks.registry import get_task
+from osrm.tasks.registry import get_task, task_spec
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")

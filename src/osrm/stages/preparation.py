@@ -12,10 +12,9 @@ from osrm.config import ExperimentConfig, load_config
 from osrm.errors import OsrmError
 from osrm.models import load_error, resolve_device, resolve_model
 from osrm.rundir import check_recorded, check_run_dir, record_config
-from osrm.stages.common import task_spec
 from osrm.stages.evaluation import merge_grid
 from osrm.stats import capture_inputs, find_target_modules, input_dim
-from osrm.tasks.registry import get_task, task_sizes
+from osrm.tasks.registry import get_task, task_sizes, task_spec
 from osrm.tasks.spec import TaskSpec
 
 
