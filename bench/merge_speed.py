@@ -137,10 +137,10 @@ def run_osrm(job: dict) -> dict:
     time is the one to compare with it; the cold run compares with peft's "total". A warm run's
     peak is not measured: the allocator reuses what the cold run freed.
     """
-    from osrm.merging import LINEAR_METHODS, save_merged_adapter
+    from osrm.merging import METHODS, save_merged_adapter
 
     hp, peak, result = PAIRS[job["method"]][0], Peak(), {}
-    rank = None if job["method"] in LINEAR_METHODS else job["rank"]  # linear: exact, rank Σ r_i
+    rank = None if METHODS[job["method"]].linear else job["rank"]  # linear: exact, rank Σ r_i
     warm = []
     with tempfile.TemporaryDirectory() as out:
         for run in range(4 if job["warm"] else 1):

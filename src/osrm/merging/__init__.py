@@ -3,16 +3,15 @@
 Task vectors are read lazily (``lora_deltas``: ΔW = s·B·A per module, any rank, rsLoRA and
 rank/alpha patterns honoured; ``full_deltas``: θ_ft − θ_0 without heads), merged one module at a
 time by a method of ``METHODS`` (one signature: ``fn(deltas (k, d_out, d_in), weights (k,),
-**hp) -> ΔW``; traits in its :class:`Method` record), and written as a dense backbone with
-per-task heads or as a peft LoRA adapter
-(exact concatenation for linear methods, truncated SVD otherwise), each with a JSON manifest.
+**hp) -> ΔW``, registered with its traits by ``@register`` where it is defined), and written as
+a dense backbone with per-task heads or as a peft LoRA adapter (exact concatenation for linear
+methods, truncated SVD otherwise), each with a JSON record of the merge.
 """
 
-from osrm.merging.full_deltas import HEAD_NAMES, FullDeltas, full_deltas
+from osrm.heads import load_head, save_heads
 from osrm.merging.deltas import LoraDeltas, file_sha256, lora_deltas
-from osrm.merging.heads import load_head, save_heads
+from osrm.merging.full_deltas import HEAD_NAMES, FullDeltas, full_deltas
 from osrm.merging.loading import check_same_base, coverage_gaps, load_adapters
-from osrm.merging.record import MANIFEST_FILE, read_manifest
 from osrm.merging.merge import gram_lookup, iter_merged, merge_adapters, merge_deltas
 from osrm.merging.methods import (
     breadcrumbs,
@@ -35,8 +34,8 @@ from osrm.merging.primitives import (
     elect_sign,
     trim_magnitude,
 )
+from osrm.merging.record import MANIFEST_FILE, read_manifest
 from osrm.merging.registry import (
-    LINEAR_METHODS,
     METHODS,
     Hyper,
     Method,
@@ -44,13 +43,13 @@ from osrm.merging.registry import (
     get_method,
     hyperparameters,
     methods_with,
+    register,
     validate_hyperparameters,
 )
 from osrm.merging.structured import knots, regmean, tsv
 
 __all__ = [
     "HEAD_NAMES",
-    "LINEAR_METHODS",
     "MANIFEST_FILE",
     "METHODS",
     "FullDeltas",
@@ -83,6 +82,7 @@ __all__ = [
     "merge_deltas",
     "methods_with",
     "read_manifest",
+    "register",
     "regmean",
     "save_heads",
     "save_merged_adapter",

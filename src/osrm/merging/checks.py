@@ -90,9 +90,9 @@ def check_seed(name: str, seed: int | None) -> None:
 
 
 def make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    """The generator a random method draws from: the given one, else one seeded (0 if None)."""
     if generator is not None:
         if seed is not None:
             raise OsrmError("pass either seed or generator, not both")
         return generator
-    check_seed("seed", seed)
     return torch.Generator().manual_seed(0 if seed is None else seed)

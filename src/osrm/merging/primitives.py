@@ -3,7 +3,8 @@
 TIES (Yadav et al., NeurIPS 2023), DARE (Yu et al., ICML 2024), magnitude pruning and Model
 Breadcrumbs are compositions of these: trim by magnitude or drop at random, elect a sign per
 entry, then average the entries that agree with it. Every function takes ``deltas`` of shape
-(k, *shape), one slice per task, and never modifies its inputs.
+(k, *shape), one slice per task, and never modifies its inputs (but :func:`agreeing_mean`,
+which weights the temporaries it is given in place).
 """
 
 from __future__ import annotations
@@ -135,13 +136,22 @@ def disjoint_mean(deltas: Tensor, sign: Tensor, weights: Tensor | None = None) -
     return total.mul_(sign).div_(divisor)
 
 
-def scale_tasks_(deltas: Tensor, weights: Tensor) -> Tensor:
-    """In place: multiply each task's slice by its weight (for temporaries the caller owns)."""
-    return deltas.mul_(_column(weights, deltas))
+def agreeing_mean(kept: Tensor, weights: Tensor, method: str, normalize: bool) -> Tensor:
+    """TIES' last steps on trimmed or dropped deltas: weight, elect signs, disjoint mean.
 
+    Args:
+        kept: (k, *shape) deltas the caller owns: they are weighted in place (δ_i = w_i Δ_i),
+            so the sign is elected on the weighted deltas (a negated task votes with its
+            effective sign).
+        method: sign election, see :func:`elect_sign`.
+        normalize: divide by the agreeing tasks' summed weights instead of their number.
 
-def _column(weights: Tensor, deltas: Tensor) -> Tensor:
-    return weights.to(deltas.dtype).reshape(-1, *([1] * (deltas.ndim - 1)))
+    Returns:
+        (*shape) merged entries, see :func:`disjoint_mean`.
+    """
+    weighted = kept.mul_(weights.to(kept.dtype).reshape(-1, *([1] * (kept.ndim - 1))))
+    sign = elect_sign(weighted, method)
+    return disjoint_mean(weighted, sign, weights if normalize else None)
 
 
 def weighted_sum(deltas: Tensor, weights: Tensor) -> Tensor:

@@ -1,14 +1,18 @@
 """The merge methods' registry, ``METHODS``: the one place a method's traits are stated.
 
-Each entry is a :class:`Method` record: the function (``fn(deltas (k, d_out, d_in), weights
-(k,), **hp) -> ΔW``), its hyperparameters with defaults and checks, and the traits callers act
-on (``linear``, ``random``, ``needs_stats``). Names and values are validated here, once, by
-:func:`validate_hyperparameters` (config merge grid, ``osrm merge``): the checks are the
-methods' own, so the messages are too. Adding a method means adding one entry.
+A method registers where it is written, with ``@register(name, **checks, **traits)`` on its
+function (``fn(deltas (k, d_out, d_in), weights (k,), **hp) -> ΔW``). Its hyperparameters are
+the function's keyword-only parameters, with the function's defaults, checked by the
+:data:`CHECKS` of their name unless the method names its own; the traits callers act on are
+``coeffs`` (linear), ``random`` and ``needs_stats``. Every call goes through
+:meth:`Method.__call__`, so a library call, the merge and the config grid
+(:func:`validate_hyperparameters`) run the same checks with the same messages.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,36 +24,32 @@ from torch import Tensor
 from osrm.errors import OsrmError
 from osrm.merging.checks import (
     SIGN_METHODS,
-    check_below_one,
     check_choice,
     check_flag,
     check_fraction,
-    check_optional_fraction,
     check_scale,
     check_seed,
-    check_unit,
     check_weights,
+    prepare,
 )
-from osrm.merging.methods import (
-    breadcrumbs,
-    check_crumbs,
-    check_sum,
-    dare_linear,
-    dare_ties,
-    magnitude_prune,
-    task_arithmetic,
-    ties,
-    weight_average,
-)
-from osrm.merging.structured import GRAM_KINDS, KNOTS_INNER, check_positive, knots, regmean, tsv
+
+Check = Callable[[str, Any], object]  # check(name, value): OsrmError if invalid
+# the checks of the hyperparameter names methods share (a method may pass its own instead)
+CHECKS: dict[str, Check] = {
+    "scale": check_scale,
+    "density": check_fraction,
+    "majority_sign": partial(check_choice, valid=SIGN_METHODS),
+    "normalize": check_flag,
+    "seed": check_seed,
+}
 
 
 @dataclass(frozen=True)
 class Hyper:
-    """One hyperparameter: its default (as in the function) and the check the function runs."""
+    """One hyperparameter: its default (the function's) and its check."""
 
     default: Any
-    check: Callable[[str, Any], object]  # check(name, value): OsrmError if invalid
+    check: Check
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Method:
     """A merge method and everything callers need to know about it."""
 
     fn: Callable[..., Tensor]
-    hyperparameters: Mapping[str, Hyper]  # in the function's keyword order
+    hyperparameters: dict[str, Hyper]  # in the function's keyword order (filled by register)
     # linear: ΔW = Σ c_i Δ_i with c = coeffs(weights, hp), so a merged LoRA adapter is an exact
     # concatenation of the factors (no SVD)
     coeffs: Callable[[Tensor, Mapping[str, Any]], Tensor] | None = None
@@ -74,60 +74,56 @@ class Method:
         """Keywords the merge supplies per module, never a config: generator, Gram matrices."""
         return ("generator",) * self.random + ("grams",) * self.needs_stats
 
+    def check_values(self, hp: Mapping[str, Any], weights: Tensor) -> None:
+        """Each given value through its :class:`Hyper` check (in keyword order), then the joint
+        rule on every value (defaults filled in) and the weights."""
+        for key, hyper in self.hyperparameters.items():
+            if key in hp:
+                hyper.check(key, hp[key])
+        if self.check is not None:
+            defaults = {key: h.default for key, h in self.hyperparameters.items()}
+            self.check({**defaults, **hp}, weights)
+
     def __call__(self, deltas: Tensor, weights: Tensor, **kwargs: Any) -> Tensor:
-        return self.fn(deltas, weights, **kwargs)
+        """Check the inputs, merge in float32 (float64 stays), return ΔW in the deltas' dtype."""
+        x, w = prepare(deltas, weights, kwargs.get("scale", 1.0))
+        self.check_values(kwargs, w)
+        return self.fn(x, w, **kwargs).to(deltas.dtype)
 
 
-SCALE = Hyper(1.0, check_scale)
-SIGN = Hyper("total", partial(check_choice, valid=SIGN_METHODS))
-NORMALIZE = Hyper(False, check_flag)
-SEED = Hyper(None, check_seed)
+# name -> method, in registration order; keys follow the literature (and peft/mergekit where
+# they agree). Filled by ``@register`` in methods.py and structured.py (imported by the package).
+METHODS: dict[str, Method] = {}
 
 
-def density(default: float) -> Hyper:
-    return Hyper(default, check_fraction)
+def register(
+    name: str,
+    *,
+    coeffs: Callable[[Tensor, Mapping[str, Any]], Tensor] | None = None,
+    random: bool = False,
+    needs_stats: bool = False,
+    check: Callable[[Mapping[str, Any], Tensor], None] | None = None,
+    **checks: Check,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator: record ``fn`` as method ``name``; return it wrapped in :meth:`Method.__call__`.
 
+    ``checks`` gives the check of each hyperparameter not in :data:`CHECKS` (or overrides one).
+    """
 
-# name -> method; keys follow the literature (and peft/mergekit where they agree)
-METHODS: dict[str, Method] = {
-    "weight_average": Method(
-        weight_average, {"scale": SCALE},
-        coeffs=lambda w, hp: hp["scale"] * (w / w.sum()), check=lambda hp, w: check_sum(w),
-    ),
-    "task_arithmetic": Method(
-        task_arithmetic, {"scale": SCALE}, coeffs=lambda w, hp: hp["scale"] * w
-    ),
-    "ties": Method(
-        ties, {"density": density(0.2), "scale": SCALE, "majority_sign": SIGN,
-               "normalize": NORMALIZE},
-    ),
-    "dare_linear": Method(
-        dare_linear, {"density": density(0.5), "scale": SCALE, "seed": SEED}, random=True
-    ),
-    "dare_ties": Method(
-        dare_ties, {"density": density(0.5), "scale": SCALE, "majority_sign": SIGN,
-                    "normalize": NORMALIZE, "seed": SEED},
-        random=True,
-    ),
-    "magnitude_prune": Method(magnitude_prune, {"density": density(0.2), "scale": SCALE}),
-    "breadcrumbs": Method(
-        breadcrumbs, {"density": density(0.9), "gamma": Hyper(0.01, check_below_one),
-                      "scale": SCALE},
-        check=lambda hp, w: check_crumbs(hp["gamma"], float(hp["density"])),
-    ),
-    "knots": Method(
-        knots, {"inner": Hyper("ties", partial(check_choice, valid=KNOTS_INNER)),
-                "density": density(0.2), "scale": SCALE, "majority_sign": SIGN},
-    ),
-    "tsv": Method(tsv, {"fraction": Hyper(None, check_optional_fraction), "scale": SCALE}),
-    "regmean": Method(
-        regmean, {"alpha": Hyper(0.9, check_unit), "scale": SCALE,
-                  "gram": Hyper("mean", partial(check_choice, valid=GRAM_KINDS))},
-        needs_stats=True, check=lambda hp, w: check_positive(w),
-    ),
-}  # fmt: skip
-# a derived view of the ``linear`` trait, kept for importers (bench/merge_speed.py)
-LINEAR_METHODS = tuple(name for name, m in METHODS.items() if m.linear)
+    def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        method = METHODS[name] = Method(fn, {}, coeffs, random, needs_stats, check)
+        for p in inspect.signature(fn).parameters.values():  # in keyword order
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in method.inputs:
+                check_of = checks.get(p.name) or CHECKS[p.name]  # KeyError: a check is missing
+                method.hyperparameters[p.name] = Hyper(p.default, check_of)
+
+        @functools.wraps(fn)
+        def checked(deltas: Tensor, weights: Tensor, **kwargs: Any) -> Tensor:
+            return method(deltas, weights, **kwargs)
+
+        return checked
+
+    return add
 
 
 def get_method(name: str) -> Method:
@@ -165,19 +161,10 @@ def check_hyperparameters(name: str, hp: Mapping[str, Any]) -> None:
 def validate_hyperparameters(
     name: str, hp: Mapping[str, Any], weights: Sequence[float] | Tensor | None = None
 ) -> None:
-    """Check a method's hyperparameter names *and values* (and task weights) before any work.
-
-    Each value goes through its :class:`Hyper` check (in the method's keyword order), then the
-    method's joint rule sees every value (defaults filled in) and the weights.
-    """
+    """Check a method's hyperparameter names *and values* (and task weights) before any work."""
     method = get_method(name)
     check_hyperparameters(name, hp)
     if set(hp) & set(method.inputs):
         raise OsrmError(f"merge method {name!r}: grams and generator are not hyperparameters")
     w = torch.ones(2) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    w = check_weights(w, max(int(w.numel()), 1))
-    for key, hyper in method.hyperparameters.items():
-        if key in hp:
-            hyper.check(key, hp[key])
-    if method.check is not None:
-        method.check({**hyperparameters(name), **hp}, w)
+    method.check_values(hp, check_weights(w, max(int(w.numel()), 1)))

@@ -1,36 +1,37 @@
 """Methods that look beyond single entries: KnOTS and TSV (SVDs), RegMean (input Gram matrices).
 
-Same signature as every method in ``METHODS``; their extra inputs are explicit keywords. SVDs
+Registered in ``METHODS`` where they are defined, with the signature and input handling of
+:mod:`osrm.merging.methods`; their extra inputs are explicit keywords. SVDs
 use :mod:`osrm.merging.spectral`, which finds the (low) numerical rank of LoRA deltas exactly
 without a dense SVD of the whole matrix.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
-from osrm.merging.checks import SIGN_METHODS, check_choice, check_fraction, check_unit, prepare
-from osrm.merging.primitives import (
-    disjoint_mean,
-    elect_sign,
-    scale_tasks_,
-    trim_magnitude,
-    weighted_sum,
-)
+from osrm.merging.checks import check_choice, check_optional_fraction, check_unit
+from osrm.merging.primitives import agreeing_mean, trim_magnitude, weighted_sum
+from osrm.merging.registry import register
 from osrm.merging.spectral import block_svd, polar, thin_svd
 
 KNOTS_INNER = ("ties", "task_arithmetic")
 GRAM_KINDS = ("mean", "sum")  # regmean: per-token second moments, or the paper's raw sums
 
 
-def check_positive(weights: Tensor) -> None:
+def _positive(hp: Mapping[str, Any], weights: Tensor) -> None:
     """RegMean weights scale Gram matrices: they must be positive."""
     if (weights <= 0).any():
         raise OsrmError(f"regmean: weights must be positive, got {weights.tolist()}")
 
 
+@register("knots", inner=partial(check_choice, valid=KNOTS_INNER))
 def knots(
     deltas: Tensor,
     weights: Tensor,
@@ -48,24 +49,20 @@ def knots(
     Deltas are concatenated along the input axis, as in the paper. Non-matrix parameters fall
     back to the inner method on the raw deltas.
     """
-    x, w = prepare(deltas, weights, scale)
-    check_choice("inner", inner, KNOTS_INNER)
-    density = check_fraction("density", density)
-    check_choice("majority_sign", majority_sign, SIGN_METHODS)
 
     def merge(coords: Tensor, w: Tensor) -> Tensor:  # the inner method: TIES or TA
         if inner == "task_arithmetic":
             return scale * weighted_sum(coords, w)
-        trimmed = scale_tasks_(trim_magnitude(coords, density), w)
-        return scale * disjoint_mean(trimmed, elect_sign(trimmed, majority_sign))
+        return scale * agreeing_mean(trim_magnitude(coords, density), w, majority_sign, False)
 
-    if x.ndim != 3:
-        return merge(x, w).to(deltas.dtype)
-    u, s, vhs = thin_svd(list(x))  # float64, numerical rank R <= Σ rank(Δ_i)
+    if deltas.ndim != 3:
+        return merge(deltas, weights)
+    u, s, vhs = thin_svd(list(deltas))  # float64, numerical rank R <= Σ rank(Δ_i)
     coords = torch.stack([s[:, None] * vh for vh in vhs])  # (k, R, d_in)
-    return (u @ merge(coords, w.double())).to(deltas.dtype)
+    return u @ merge(coords, weights.double())
 
 
+@register("tsv", fraction=check_optional_fraction)
 def tsv(
     deltas: Tensor, weights: Tensor, *, fraction: float | None = None, scale: float = 1.0
 ) -> Tensor:
@@ -77,26 +74,32 @@ def tsv(
     replaced by their orthogonal polar factors; ΔW = λ · U⊥ diag(w_i σ_i) V⊥ᵀ.
     Non-matrix parameters fall back to task arithmetic.
     """
-    x, w = prepare(deltas, weights, scale)
-    k = x.shape[0]
-    fraction = 1.0 / k if fraction is None else check_fraction("fraction", fraction)
-    if x.ndim != 3:
-        return (scale * weighted_sum(x, w)).to(deltas.dtype)
-    keep = max(1, int(fraction * min(x.shape[1:])))
+    k = deltas.shape[0]
+    fraction = 1.0 / k if fraction is None else fraction
+    if deltas.ndim != 3:
+        return scale * weighted_sum(deltas, weights)
+    keep = max(1, int(fraction * min(deltas.shape[1:])))
     us, sigmas, vhs = [], [], []
     for i in range(k):
-        u, s, vh = block_svd(x[i])  # exact, at Δ_i's numerical rank
+        u, s, vh = block_svd(deltas[i])  # exact, at Δ_i's numerical rank
         us.append(u[:, :keep])
-        sigmas.append(w[i].double() * s[:keep])
+        sigmas.append(weights[i].double() * s[:keep])
         vhs.append(vh[:keep])
     u = torch.cat(us, dim=1)  # (d_out, Σ kept)
     if u.shape[1] == 0:
-        return torch.zeros(x.shape[1:], dtype=deltas.dtype)
+        return torch.zeros(deltas.shape[1:])
     v = torch.cat(vhs, dim=0).T  # (d_in, Σ kept)
     merged = polar(u) @ (torch.cat(sigmas)[:, None] * polar(v).T)
-    return (scale * merged).to(deltas.dtype)
+    return scale * merged
 
 
+@register(
+    "regmean",
+    needs_stats=True,
+    alpha=check_unit,
+    gram=partial(check_choice, valid=GRAM_KINDS),
+    check=_positive,
+)
 def regmean(
     deltas: Tensor,
     weights: Tensor,
@@ -122,25 +125,21 @@ def regmean(
             X_iᵀX_i / n_i, so every task counts equally whatever its calibration size; or
             ``"sum"``, the raw X_iᵀX_i of the paper, which weights task i by its n_i tokens.
     """
-    x, w = prepare(deltas, weights, scale)
-    check_choice("gram", gram, GRAM_KINDS)
     grams = torch.as_tensor(grams)
-    k, d_out, d_in = x.shape if x.ndim == 3 else (0, 0, 0)
-    if x.ndim != 3 or tuple(grams.shape) != (k, d_in, d_in):
+    k, d_out, d_in = deltas.shape if deltas.ndim == 3 else (0, 0, 0)
+    if deltas.ndim != 3 or tuple(grams.shape) != (k, d_in, d_in):
         raise OsrmError(f"grams: expected shape {(k, d_in, d_in)}, got {tuple(grams.shape)}")
-    check_unit("alpha", alpha)
-    check_positive(w)
     g = grams.double()
     g = alpha * g + (1 - alpha) * torch.diag_embed(torch.diagonal(g, dim1=1, dim2=2))
-    g = g * w.double()[:, None, None]
+    g = g * weights.double()[:, None, None]
     num = torch.zeros(d_out, d_in, dtype=torch.float64)  # Σ ΔW_i G̃_i
     for i in range(k):
-        u, s, vh = block_svd(x[i], max_rank=min(d_out, d_in) // 4)  # low rank: cheap product
-        num += (u * s) @ (vh @ g[i]) if u is not None else x[i].double() @ g[i]
+        u, s, vh = block_svd(deltas[i], max_rank=min(d_out, d_in) // 4)  # low rank: cheap product
+        num += (u * s) @ (vh @ g[i]) if u is not None else deltas[i].double() @ g[i]
     den = g.sum(0)  # symmetric (d_in, d_in)
     chol, info = torch.linalg.cholesky_ex(den)
     if int(info) == 0:
         merged = torch.cholesky_solve(num.T, chol).T
     else:  # singular Σ G̃ (e.g. dead inputs): minimum-norm solution
         merged = num @ torch.linalg.pinv(den, hermitian=True)
-    return (scale * merged).to(deltas.dtype)
+    return scale * merged
