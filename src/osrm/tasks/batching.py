@@ -100,15 +100,9 @@ def batches(
 ) -> DataLoader:
     """Iterate ``encoded`` (from :func:`encode`) as padded batches of tensors.
 
-    Args:
-        encoded: tokenised dataset.
-        tokenizer: the tokenizer used to encode; must have a pad token.
-        batch_size: examples per batch (the last batch may be smaller).
-        shuffle: seeded shuffling of the examples (or of the length groups).
-        seed: seed of the shuffle; the same seed gives the same batches.
-        group_by_length: batch examples of similar lengths (:class:`LengthGroupedBatches`).
-        pad_to_max_length: pad every batch to ``max_length`` instead of the batch's longest.
-        max_length: the fixed length; required with ``pad_to_max_length``.
+    ``shuffle`` is seeded (the same seed gives the same batches); ``group_by_length`` batches
+    examples of similar lengths (:class:`LengthGroupedBatches`); ``pad_to_max_length`` pads every
+    batch to ``max_length`` instead of the batch's longest. The last batch may be smaller.
 
     Returns:
         A DataLoader of dicts with ``input_ids``, ``attention_mask`` (and ``token_type_ids``),

@@ -1,4 +1,4 @@
-"""The built-in tasks :data:`TASKS`, user task blocks, and loading a task's splits.
+"""The built-in tasks :data:`TASKS`, a config's task blocks, and loading a task's splits.
 
 ``load_task`` reads a task's raw source (:mod:`osrm.tasks.sources`), standardises it to the columns
 ``text``, ``text_pair`` (pair tasks only) and ``label`` (class id in ``label_names`` order, or a
@@ -23,6 +23,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
 from osrm.tasks.sources import check_source, read_raw
 from osrm.tasks.spec import SPLITS, SplitPolicy, TaskSpec, as_tuple
@@ -145,6 +146,16 @@ def get_task(name_or_spec: str | TaskSpec) -> TaskSpec:
     if name_or_spec not in TASKS:
         raise OsrmError(f"unknown task '{name_or_spec}'; valid tasks: {', '.join(TASKS)}")
     return TASKS[name_or_spec]
+
+
+def task_spec(cfg: ExperimentConfig, name: str) -> TaskSpec:
+    """The spec of a configured task: a registry entry or the user's block."""
+    for entry in cfg.tasks:
+        if entry == name:
+            return get_task(name)
+        if isinstance(entry, dict) and entry.get("name") == name:
+            return task_from_dict(entry)
+    raise OsrmError(f"task {name!r} is not in the config's tasks {cfg.task_names}")
 
 
 def task_from_dict(d: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> TaskSpec:
