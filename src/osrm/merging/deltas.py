@@ -26,9 +26,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from torch import Tensor
 
-from osrm.atomic import read_json
+from osrm.artifacts import file_sha256
 from osrm.errors import OsrmError
-from osrm.manifest import file_sha256
+from osrm.loaders import read_json
 from osrm.safety import PROVENANCE_FILE, check_name, require_safetensors
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,23 @@ def _read_config(path: Path) -> dict:
     return config
 
 
-class LoraDeltas(Mapping[str, Tensor]):
+class LazyMapping(Mapping[str, Tensor]):
+    """A mapping whose names are known up front (``index``: name -> where to read it) and whose
+    tensors are read on access; membership, order and size never read a tensor."""
+
+    index: Mapping[str, object]
+
+    def __contains__(self, name: object) -> bool:  # Mapping's default would read the tensor
+        return name in self.index
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class LoraDeltas(LazyMapping):
     """Lazy mapping ``<module>.weight`` -> ΔW (d_out, d_in) float32 of one peft LoRA adapter.
 
     Args:
@@ -112,6 +128,7 @@ class LoraDeltas(Mapping[str, Tensor]):
         self._handle = None
         shapes = self._read_header()
         self.modules: dict[str, LoraModule] = {}
+        self.index = self.modules
         self.head_keys: dict[str, str] = {}  # base parameter name -> stored key
         for key in sorted(shapes):
             self._classify(key, shapes)
@@ -178,15 +195,6 @@ class LoraDeltas(Mapping[str, Tensor]):
     def __getitem__(self, name: str) -> Tensor:
         b, a = self.factors(name)
         return b @ a
-
-    def __contains__(self, name: object) -> bool:  # Mapping's default would compute ΔW
-        return name in self.modules
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.modules)
-
-    def __len__(self) -> int:
-        return len(self.modules)
 
     def shape(self, name: str) -> tuple[int, int]:
         """(d_out, d_in) of ΔW for ``name`` without reading any tensor."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor, nn
 
 from osrm.errors import OsrmError
+from osrm.merging.deltas import LazyMapping
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 HEAD_NAMES = ("classifier", "score", "lm_head", "qa_outputs")
 
 
-class SafetensorsDir(Mapping[str, Tensor]):
+class SafetensorsDir(LazyMapping):
     """Lazy reader of a ``save_pretrained`` directory (one file or an indexed set of shards)."""
 
     def __init__(self, path: str | Path):
@@ -35,32 +36,23 @@ class SafetensorsDir(Mapping[str, Tensor]):
         try:
             if index.is_file():
                 weight_map = json.loads(index.read_text())["weight_map"]
-                self.file_of = {k: self.path / v for k, v in weight_map.items()}
+                self.index = {k: self.path / v for k, v in weight_map.items()}
             else:
                 single = self.path / "model.safetensors"
                 if not single.is_file():
                     raise OsrmError(f"{self.path}: no model.safetensors or its index found")
                 with safe_open(str(single), framework="pt") as f:
-                    self.file_of = dict.fromkeys(f.keys(), single)
+                    self.index = dict.fromkeys(f.keys(), single)
         except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
             raise OsrmError(f"{self.path}: not a readable safetensors checkpoint ({e})") from None
 
     def __getitem__(self, name: str) -> Tensor:
-        file = self.file_of[name]
+        file = self.index[name]
         try:
             with safe_open(str(file), framework="pt") as f:
                 return f.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise OsrmError(f"{file}: cannot read {name} ({e})") from None
-
-    def __contains__(self, name: object) -> bool:  # without reading the tensor
-        return name in self.file_of
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.file_of)
-
-    def __len__(self) -> int:
-        return len(self.file_of)
 
 
 def _store(source: str | Path | nn.Module | Mapping[str, Tensor]) -> Mapping[str, Tensor]:
@@ -80,7 +72,7 @@ def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
 
 
-class FullDeltas(Mapping[str, Tensor]):
+class FullDeltas(LazyMapping):
     """Lazy mapping parameter name -> θ_ft − θ_0 (float32) of a fully fine-tuned checkpoint.
 
     Args:
@@ -104,16 +96,15 @@ class FullDeltas(Mapping[str, Tensor]):
         self.finetuned, self.base = _store(finetuned), _store(base)
         self.task = task
         self.path = finetuned if isinstance(finetuned, (str, Path)) else None
-        self.names: list[str] = []
+        self.index: dict[str, None] = {}  # the task-vector entries, in sorted order
         self.excluded: dict[str, str] = {}
         for name in sorted(set(self.finetuned) | set(self.base)):
             reason = self._exclusion(name, heads)
             if reason:
                 self.excluded[name] = reason
             else:
-                self.names.append(name)
-        self.names_set = frozenset(self.names)
-        if not self.names:
+                self.index[name] = None
+        if not self.index:
             raise OsrmError(f"{finetuned} vs {base}: no parameter is shared by both checkpoints")
         mismatched = [n for n, r in self.excluded.items() if r.startswith("shape")]
         if mismatched:
@@ -143,15 +134,6 @@ class FullDeltas(Mapping[str, Tensor]):
         if not torch.isfinite(delta).all():
             raise OsrmError(f"{name}: the fine-tuned checkpoint holds NaN or Inf values")
         return delta
-
-    def __contains__(self, name: object) -> bool:  # Mapping's default would compute the delta
-        return name in self.names_set
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names)
-
-    def __len__(self) -> int:
-        return len(self.names)
 
     def heads(self) -> dict[str, Tensor]:
         """The fine-tuned checkpoint's head parameters (saved per task, never merged)."""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from torch import Tensor
 
+from osrm.artifacts import MANIFEST_FILE, verify_dir
 from osrm.errors import OsrmError
-from osrm.manifest import MANIFEST_FILE, verify_dir
 from osrm.merging.deltas import LoraDeltas
 
 
@@ -33,11 +33,6 @@ def load_adapters(adapter_dirs: Sequence[str | Path], validate: bool = True) -> 
     return sources
 
 
-def provenance_of(source: LoraDeltas) -> dict:
-    """The adapter's ``osrm_provenance.json`` as a dict ({} for adapters not made by osrm)."""
-    return source.provenance
-
-
 def _modules(source: LoraDeltas) -> frozenset[str]:
     return frozenset(name.removesuffix(".weight") for name in source)
 
@@ -49,7 +44,7 @@ def base_difference(a: LoraDeltas, b: LoraDeltas) -> str | None:
     adapters target; the older single hash (``base_fingerprint``, over all targeted weights)
     only when both target the same modules (other targets give another hash of the same base).
     """
-    pa, pb = provenance_of(a), provenance_of(b)
+    pa, pb = a.provenance, b.provenance
     ma, mb = pa.get("base_fingerprints") or {}, pb.get("base_fingerprints") or {}
     if isinstance(ma, dict) and isinstance(mb, dict) and ma and mb:
         for module in sorted(ma.keys() & mb.keys()):

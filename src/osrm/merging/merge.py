@@ -17,7 +17,7 @@ from torch import Tensor
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.merging.deltas import LoraDeltas
-from osrm.merging.loading import coverage_gaps, load_adapters, provenance_of
+from osrm.merging.loading import coverage_gaps, load_adapters
 from osrm.merging.methods import weight_average
 from osrm.merging.registry import check_hyperparameters, get_method, methods_with
 from osrm.stats import LayerStats, StatsMeta, load_stats
@@ -195,7 +195,7 @@ def match_stats(
                 f"{label}: statistics of base model {meta.base_model!r}, but adapter "
                 f"{adapter.path} was trained on {adapter.base_model!r}"
             )
-        recorded = provenance_of(adapter).get("base_fingerprint")
+        recorded = adapter.provenance.get("base_fingerprint")
         same_modules = set(stats) == {n.removesuffix(".weight") for n in adapter}
         if recorded and same_modules and meta.fingerprint != recorded:
             raise OsrmError(

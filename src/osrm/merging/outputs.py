@@ -17,15 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from osrm.atomic import atomic_dir
+from osrm.artifacts import atomic_dir, seal_dir
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
-from osrm.heads import use_head
-from osrm.manifest import seal_dir
+from osrm.heads import first_head, save_heads, use_head
 from osrm.merging.deltas import LoraDeltas
-from osrm.merging.heads import first_head, save_heads
 from osrm.merging.loading import load_adapters
 from osrm.merging.lora_files import concat_factors, pick_head, write_adapter
+from osrm.merging.merge import GramLookup, StatsSource, gram_lookup, iter_merged, task_weights
 from osrm.merging.record import (
     build_manifest,
     hp_record,
@@ -33,7 +32,6 @@ from osrm.merging.record import (
     task_names,
     write_manifest,
 )
-from osrm.merging.merge import GramLookup, StatsSource, gram_lookup, iter_merged, task_weights
 from osrm.merging.registry import (
     check_hyperparameters,
     get_method,
@@ -118,15 +116,8 @@ def save_merged_model(
     adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
     grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
     transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
-    manifest = build_manifest(
-        output="dense",
-        method=method,
-        weights=weights,
-        hyperparameters=hp_record(method, hp),
-        sources=opened,
-        tasks=tasks,
-        extra={"stats": stats_record(stats)},
-    )
+    extra = {"stats": stats_record(stats)}
+    manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
     stream = iter_merged(opened, method, weights, grams=grams, **hp)
     updated = apply_deltas(base_model, stream, transposed)
     manifest["modules"] = len(updated)
@@ -231,13 +222,7 @@ def save_merged_adapter(
         "adapter_head": inside,
     }
     manifest = build_manifest(
-        output="lora",
-        method=method,
-        weights=weights,
-        hyperparameters=hp_record(method, hp),
-        sources=adapters,
-        tasks=tasks,
-        extra=extra,
+        "lora", method, weights, hp_record(method, hp), adapters, tasks, extra
     )
     head_tensors = adapters[tasks.index(inside)].heads() if inside else {}
     pairs = ((f"{n} ({s})", t) for n, (b, a) in factors.items() for s, t in (("B", b), ("A", a)))

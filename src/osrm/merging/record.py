@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 
 from osrm import __version__
-from osrm.atomic import read_json
+from osrm.artifacts import MANIFEST_FILE as CONTENT_MANIFEST
+from osrm.artifacts import verify_dir
 from osrm.errors import OsrmError
-from osrm.manifest import MANIFEST_FILE as CONTENT_MANIFEST
-from osrm.manifest import verify_dir
+from osrm.loaders import read_json
 from osrm.merging.deltas import LoraDeltas, file_sha256
 from osrm.merging.loading import coverage_gaps
 from osrm.merging.registry import get_method, hyperparameters
@@ -23,7 +23,6 @@ from osrm.stats import stats_digest
 
 MANIFEST_FILE = "osrm_merge.json"
 FORMAT = "osrm.merge/1"
-HEADS_DIR = "heads"
 
 
 def _jsonable(value: object) -> object:
@@ -73,7 +72,6 @@ def task_names(sources: Sequence[Mapping[str, Tensor]], tasks: Sequence[str] | N
 
 
 def build_manifest(
-    *,
     output: str,
     method: str,
     weights: Sequence[float] | Tensor | None,
