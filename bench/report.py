@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import common
-from osrm.atomic import atomic_file
+from osrm.artifacts import atomic_file
 from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
 from report_header import header, limits_body

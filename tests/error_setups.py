@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import save_tiny_bert
 from osrm.cli import main
-from osrm.manifest import MANIFEST_FILE, seal_dir
+from osrm.artifacts import MANIFEST_FILE, seal_dir
 
 TASKS = ("low", "high", "reg")
 
@@ -320,12 +320,12 @@ def previous_output(env: Env) -> list[str]:
 
 def read_only(monkeypatch: pytest.MonkeyPatch, env: Env) -> None:
     # root ignores chmod, so the refusal is simulated where the temporary folder is created
-    import osrm.atomic
+    import osrm.artifacts
 
     def denied(**kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), kwargs.get("dir"))
 
-    monkeypatch.setattr(osrm.atomic.tempfile, "mkdtemp", denied)
+    monkeypatch.setattr(osrm.artifacts.tempfile, "mkdtemp", denied)
 
 
 def existing(name: str, files: dict[str, str]) -> Callable[[Env], None]:

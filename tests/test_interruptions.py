@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from osrm.cli import main
-from osrm.manifest import verify_dir, verify_file
+from osrm.artifacts import verify_dir, verify_file
 from osrm.stats import load_stats
 from tiny_workspace import leftovers, make_workspace
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from osrm.atomic import read_json, read_jsonl, read_yaml
+from osrm.loaders import read_json, read_jsonl, read_yaml
 from osrm.cli import main
 from osrm.errors import OsrmError
 from osrm.rundir import run_path

@@ -19,11 +19,11 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from osrm import __version__
-from osrm.atomic import atomic_dir, read_json
+from osrm.artifacts import atomic_dir, seal_dir, verify_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
-from osrm.manifest import seal_dir, verify_dir
+from osrm.loaders import read_json
 from osrm.safety import ADAPTER_WEIGHTS, PROVENANCE_FILE, require_safetensors
 
 RECORD_FILE = "training.json"

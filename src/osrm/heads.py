@@ -1,24 +1,37 @@
-"""Per-task heads: read from an adapter's ``modules_to_save`` and swapped onto a backbone.
+"""Per-task heads: trained with each task's adapter, never merged, swapped onto a backbone.
 
 Heads (a BERT ``classifier``, a RoBERTa ``classifier.dense``/``out_proj``, a Llama ``score``) are
-trained with each task's adapter and never merged. Evaluating a merged backbone on task t means
-putting task t's head on it, which :func:`use_head` does without copying the backbone.
+read from an adapter's ``modules_to_save`` (:func:`adapter_head`), saved beside a merged artifact
+as ``heads/<task>.safetensors`` (:func:`save_heads`) and read back from there (:func:`read_head`).
+Evaluating a merged backbone on task t means putting task t's head on it: :func:`use_head` for a
+block, without copying the backbone; :func:`load_head` for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from osrm.errors import OsrmError
+from osrm.guards import check_finite
+from osrm.safety import ADAPTER_WEIGHTS
 
 PEFT_PREFIX = "base_model.model."
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+HEADS_DIR = "heads"  # of a merged artifact: heads/<task>.safetensors
+_LABEL_FIELDS = ("id2label", "label2id", "problem_type")
+
+
+def _load(path: Path, problem: str) -> dict[str, Tensor]:
+    """The tensors of a safetensors file; an unreadable one is the error ``path: problem (why)``."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise OsrmError(f"{path}: {problem} ({e})") from None
 
 
 def adapter_head(adapter_dir: str | Path) -> dict[str, Tensor]:
@@ -28,14 +41,87 @@ def adapter_head(adapter_dir: str | Path) -> dict[str, Tensor]:
     LoRA factor is the head.
     """
     path = Path(adapter_dir) / ADAPTER_WEIGHTS
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise OsrmError(f"{path}: cannot read adapter weights ({e})") from None
+    weights = _load(path, "cannot read adapter weights")
     head = {k.removeprefix(PEFT_PREFIX): v for k, v in weights.items() if "lora_" not in k}
     if not head:
         raise OsrmError(f"{path}: holds no task head (train with task_type='SEQ_CLS')")
     return head
+
+
+def head_outputs(head: Mapping[str, Tensor]) -> int:
+    """Number of outputs of a head (its last layer's rows): classes, or 1 for regression."""
+    last = [v for k, v in head.items() if k.endswith("weight")][-1]
+    return int(last.shape[0])
+
+
+# ------------------------------------------------------------------ heads of merged artifacts
+
+
+def _source_head(source: object) -> Mapping[str, Tensor]:
+    """A task vector's head (``source.heads()``: name -> tensor); empty for sources without."""
+    return source.heads() if hasattr(source, "heads") else {}
+
+
+def save_heads(directory: Path, sources: Sequence[Mapping], tasks: Sequence[str]) -> dict[str, str]:
+    """Write each source's head to ``heads/<task>.safetensors``, checked finite.
+
+    Returns:
+        task -> path relative to ``directory``, for the tasks that have a head.
+    """
+    written = {}
+    for source, task in zip(sources, tasks, strict=True):
+        head = _source_head(source)
+        if head:
+            check_finite(head, f"head of task {task!r}")
+            (directory / HEADS_DIR).mkdir(exist_ok=True)
+            written[task] = f"{HEADS_DIR}/{task}.safetensors"
+            tensors = {k: v.contiguous() for k, v in sorted(head.items())}
+            save_file(tensors, str(directory / written[task]))
+    return written
+
+
+def first_head(sources: Sequence[Mapping], tasks: Sequence[str]) -> tuple[str | None, dict]:
+    """The first task that has a head, and that head (name -> tensor): the head a dense output
+    carries in its own ``model.safetensors`` (``(None, {})`` when no source has one)."""
+    for source, task in zip(sources, tasks, strict=True):
+        head = _source_head(source)
+        if head:
+            return task, dict(head)
+    return None, {}
+
+
+def _head_file(merged_dir: str | Path, task: str) -> Path:
+    return Path(merged_dir) / HEADS_DIR / f"{task}.safetensors"
+
+
+def read_head(merged_dir: str | Path, task: str) -> dict[str, Tensor]:
+    """``heads/<task>.safetensors`` of a merged artifact: name -> tensor, checked finite."""
+    path = _head_file(merged_dir, task)
+    if not path.is_file():
+        raise OsrmError(f"{path}: no head saved for task {task!r}")
+    head = _load(path, "not a readable safetensors file")
+    if not head:
+        raise OsrmError(f"{path}: holds no tensors")
+    check_finite(head, str(path))
+    return head
+
+
+def load_head(model: nn.Module, merged_dir: str | Path, task: str) -> nn.Module:
+    """Put task ``task``'s head from a merged artifact on ``model`` (in place) and return it.
+
+    Works for a transformers model or a ``PeftModel`` around one, whatever the current head's
+    shape (see :func:`swap_head`). So ``AutoModelForSequenceClassification.from_pretrained`` of
+    a dense output plus ``load_head`` scores any of its tasks.
+    """
+    head = read_head(merged_dir, task)  # its errors already name the file
+    try:
+        swap_head(model, head)
+    except OsrmError as e:
+        raise OsrmError(f"{_head_file(merged_dir, task)}: {e}") from None
+    return model
+
+
+# ------------------------------------------------------------------ swapping
 
 
 @contextmanager
@@ -46,7 +132,7 @@ def use_head(model: nn.Module, head: Mapping[str, Tensor]) -> Iterator[nn.Module
     are swapped, not copied into, and the config's label fields follow; both are restored on
     exit.
     """
-    saved: list[tuple[nn.Module, str, nn.Parameter]] = []
+    saved: list[tuple[nn.Module, str, Tensor]] = []
     labels = _label_fields(model)
     try:
         saved = swap_head(model, head)
@@ -60,11 +146,10 @@ def use_head(model: nn.Module, head: Mapping[str, Tensor]) -> Iterator[nn.Module
 def swap_head(model: nn.Module, head: Mapping[str, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
     """Replace the named head parameters of ``model`` (in place), whatever their shapes.
 
-    The one mechanism behind :func:`use_head` (temporary) and
-    :func:`osrm.merging.load_head` (permanent). Inside a ``PeftModel`` the parameter of the
-    trained ``modules_to_save`` copy is replaced. ``config.num_labels`` (with ``id2label`` /
-    ``label2id``), ``model.num_labels`` and ``config.problem_type`` (``regression`` for one
-    output) are set from the head's outputs.
+    The one mechanism behind :func:`use_head` (temporary) and :func:`load_head` (permanent).
+    Inside a ``PeftModel`` the parameter of the trained ``modules_to_save`` copy is replaced.
+    ``config.num_labels`` (with ``id2label`` / ``label2id``), ``model.num_labels`` and
+    ``config.problem_type`` (``regression`` for one output) are set from the head's outputs.
 
     Returns:
         (module, parameter name, previous parameter) per head tensor, to undo the swap.
@@ -82,14 +167,19 @@ def swap_head(model: nn.Module, head: Mapping[str, Tensor]) -> list[tuple[nn.Mod
         setattr(module, param_name, nn.Parameter(new, requires_grad=False))
         saved.append((module, param_name, old))
     if head:
-        set_num_labels(model, head_outputs(head))
+        _set_num_labels(model, head_outputs(head))
     return saved
+
+
+def _base(model: nn.Module) -> nn.Module:
+    """The transformers model (inside a ``PeftModel``)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _head_module(model: nn.Module, dotted: str) -> nn.Module | None:
     """The module at ``dotted`` (a base-model name); inside a ``PeftModel``, the active copy of
     a ``modules_to_save`` wrapper met on the way (peft's forward uses that copy)."""
-    module = model.get_base_model() if hasattr(model, "get_base_model") else model
+    module = _base(model)
     for part in dotted.split(".") if dotted else []:
         module = getattr(_active_copy(module), part, None)
         if not isinstance(module, nn.Module):
@@ -106,13 +196,9 @@ def _active_copy(module: nn.Module) -> nn.Module:
     return copies[active] if active in copies else next(iter(copies.values()))
 
 
-def _config_owner(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def set_num_labels(model: nn.Module, n: int) -> None:
+def _set_num_labels(model: nn.Module, n: int) -> None:
     """Make the config (and ``model.num_labels``) describe a head with ``n`` outputs."""
-    inner = _config_owner(model)
+    inner = _base(model)
     config = getattr(inner, "config", None)
     if config is None:
         return
@@ -123,11 +209,8 @@ def set_num_labels(model: nn.Module, n: int) -> None:
         inner.num_labels = n
 
 
-_LABEL_FIELDS = ("id2label", "label2id", "problem_type")
-
-
 def _label_fields(model: nn.Module) -> dict:
-    inner = _config_owner(model)
+    inner = _base(model)
     config = getattr(inner, "config", None)
     if config is None:
         return {}
@@ -137,19 +220,10 @@ def _label_fields(model: nn.Module) -> dict:
 
 
 def _restore_label_fields(model: nn.Module, saved: Mapping) -> None:
-    inner = _config_owner(model)
     if not saved:
         return
+    inner = _base(model)
     for key in _LABEL_FIELDS:
         setattr(inner.config, key, saved[key])
     if saved["num_labels"] is not None:
         inner.num_labels = saved["num_labels"]
-
-
-def head_outputs(head: Mapping[str, Tensor]) -> int:
-    """Number of outputs of a head (its last layer's rows): classes, or 1 for regression."""
-    last = [v for k, v in head.items() if k.endswith("weight")][-1]
-    return int(last.shape[0])
-
-
-__all__ = ["adapter_head", "head_outputs", "set_num_labels", "swap_head", "use_head"]

@@ -19,12 +19,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 from osrm import distributed
 from osrm.adapters import load_adapter
 from osrm.assets import asset_cache, package_dir
-from osrm.atomic import atomic_dir
+from osrm.artifacts import atomic_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
-from osrm.heads import head_outputs, swap_head
+from osrm.heads import head_outputs, read_head, swap_head
 from osrm.merging import MANIFEST_FILE, read_manifest
-from osrm.merging.heads import read_head
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from osrm.atomic import atomic_file  # noqa: E402
+from osrm.artifacts import atomic_file  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:

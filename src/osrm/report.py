@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from osrm.atomic import read_json, read_jsonl
+from osrm.loaders import read_json, read_jsonl
 from osrm.errors import OsrmError
 
 log = logging.getLogger(__name__)

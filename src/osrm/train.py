@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import get_linear_schedule_with_warmup
 
 from osrm import distributed
-from osrm.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from osrm.train_state import Checkpoint, load_checkpoint, save_checkpoint
 from osrm.config import TrainSection
 from osrm.errors import OsrmError
 from osrm.progress import tqdm

@@ -13,10 +13,9 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from osrm import __version__
-from osrm.atomic import write_safetensors
+from osrm.artifacts import check_listed, write_safetensors
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
-from osrm.manifest import check_listed
 from osrm.stats.layer import MASK_POLICIES, LayerStats
 
 FORMAT = "osrm.stats/1"

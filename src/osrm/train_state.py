@@ -19,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-from osrm.atomic import write_safetensors
+from osrm.artifacts import write_safetensors
 from osrm.errors import OsrmError
 
 log = logging.getLogger(__name__)
