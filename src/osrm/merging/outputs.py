@@ -163,12 +163,6 @@ class MergedAdapter:
     rel_errors: dict[str, float]  # ‖ΔW − BA‖_F / ‖ΔW‖_F (0 for exact concatenation)
 
 
-def _linear_coeffs(method: str, weights: Tensor, hp: Mapping) -> Tensor:
-    """c_i of a linear method's ΔW = Σ c_i Δ_i, after the method's own checks of hp and weights."""
-    validate_hyperparameters(method, hp, weights)  # the factors never pass through the method
-    return get_method(method).coeffs(weights, {**hyperparameters(method), **hp})
-
-
 def save_merged_adapter(
     sources: Sequence[str | Path],
     out_dir: str | Path,
@@ -247,7 +241,9 @@ def _merged_factors(
     """Module -> output (B, A) float32, and module -> relative Frobenius error."""
     factors, errors = {}, {}
     if get_method(method).linear:  # from the factors: no dense ΔW at all
-        coeffs = _linear_coeffs(method, task_weights(weights, len(adapters)), hp)
+        w = task_weights(weights, len(adapters))
+        validate_hyperparameters(method, hp, w)  # the factors never pass through the method
+        coeffs = get_method(method).coeffs(w, {**hyperparameters(method), **hp})
         for name, (b, a) in concat_factors(adapters, coeffs).items():
             b, a, errors[name] = (b, a, 0.0) if rank is None else factored_truncate(b, a, rank)
             factors[name] = (b.float(), a.float())
