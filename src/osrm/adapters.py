@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
 from osrm import __version__
-from osrm.artifacts import atomic_dir, seal_dir, verify_dir
+from osrm.artifacts import MANIFEST_FILE, atomic_dir, seal_dir, verify_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
@@ -52,13 +51,12 @@ class Provenance:
     osrm_version: str = __version__
 
 
-def lora_layers(peft_model: PeftModel, adapter_name: str = "default") -> dict[str, LoraLayer]:
-    """Base-model module name -> peft LoRA layer holding ``adapter_name``."""
-    inner = peft_model.base_model.model
+def lora_layers(peft_model: PeftModel) -> dict[str, LoraLayer]:
+    """Base-model module name -> peft LoRA layer of the (only, ``default``) adapter."""
     return {
         name: module
-        for name, module in inner.named_modules()
-        if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+        for name, module in peft_model.base_model.model.named_modules()
+        if isinstance(module, LoraLayer) and "default" in module.lora_A
     }
 
 
@@ -67,38 +65,30 @@ def attach_lora(
     lora_config: LoraConfig,
     bases: Mapping[str, Tensor] | None = None,
     freeze_a: bool = False,
-    adapter_name: str = "default",
 ) -> PeftModel:
-    """Wrap ``model`` in a peft LoRA; with ``bases``, start each ``lora_A`` at its OSRM basis.
+    """Wrap ``model`` in a peft LoRA (in place); with ``bases``, start each ``lora_A`` at its
+    OSRM basis and zero ``lora_B``, so the outputs equal the base model's.
 
-    Args:
-        model: the base model (peft injects the adapter into it in place).
-        lora_config: an ordinary ``peft.LoraConfig``.
-        bases: base-model module name -> (r, d_in) basis with orthonormal rows, one per target
-            module. ``lora_B`` is zeroed so the outputs equal the base model's.
-        freeze_a: stop gradients into every ``lora_A`` (A keeps its initial subspace exactly).
-
-    Returns:
-        The ``PeftModel``; trainable parameters are the LoRA factors and ``modules_to_save``.
+    ``bases`` maps every target module name to its (r, d_in) basis with orthonormal rows;
+    ``freeze_a`` stops gradients into every ``lora_A`` (A keeps its initial subspace exactly).
+    The trainable parameters are the LoRA factors and ``modules_to_save``.
     """
     if bases is not None and lora_config.init_lora_weights not in _PLAIN_INITS:
         raise OsrmError(
             f"lora.init_lora_weights {lora_config.init_lora_weights!r} cannot take OSRM bases; "
             f"expected one of {list(_PLAIN_INITS)}"
         )
-    peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
-    layers = lora_layers(peft_model, adapter_name)
+    peft_model = get_peft_model(model, lora_config)
+    layers = lora_layers(peft_model)
     if bases is not None:
-        _write_bases(layers, bases, adapter_name)
+        _write_bases(layers, bases)
     if freeze_a:
         for layer in layers.values():
-            layer.lora_A[adapter_name].weight.requires_grad_(False)
+            layer.lora_A["default"].weight.requires_grad_(False)
     return peft_model
 
 
-def _write_bases(
-    layers: Mapping[str, LoraLayer], bases: Mapping[str, Tensor], adapter_name: str
-) -> None:
+def _write_bases(layers: Mapping[str, LoraLayer], bases: Mapping[str, Tensor]) -> None:
     missing, extra = sorted(set(layers) - set(bases)), sorted(set(bases) - set(layers))
     if missing or extra:
         raise OsrmError(
@@ -107,14 +97,14 @@ def _write_bases(
         )
     with torch.no_grad():
         for name, layer in layers.items():
-            weight_a = layer.lora_A[adapter_name].weight  # (r, d_in)
+            weight_a = layer.lora_A["default"].weight  # (r, d_in)
             if tuple(bases[name].shape) != tuple(weight_a.shape):
                 raise OsrmError(
                     f"basis for {name} has shape {tuple(bases[name].shape)}, "
                     f"expected (r, d_in) = {tuple(weight_a.shape)}"
                 )
             weight_a.copy_(bases[name].to(weight_a.dtype))
-            layer.lora_B[adapter_name].weight.zero_()
+            layer.lora_B["default"].weight.zero_()
 
 
 def save_adapter(
@@ -180,29 +170,22 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> PeftModel:
     does not fit ``model`` (other target modules, other shapes) is one :class:`OsrmError` line.
     """
     require_safetensors(adapter_dir)
-    if (Path(adapter_dir) / "osrm_manifest.json").is_file():
+    if (Path(adapter_dir) / MANIFEST_FILE).is_file():
         problem = verify_dir(adapter_dir)
         if problem:
             raise OsrmError(problem)
     try:
-        with quiet_peft():
+        # transformers' FutureWarning and peft's UserWarning are about library internals the
+        # user cannot act on; on the command line they would precede the one error line
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
             return PeftModel.from_pretrained(model, str(adapter_dir))
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
         text = " ".join(str(e).split())
         raise OsrmError(
             f"{adapter_dir}: peft cannot load this adapter onto the base model ({text[:300]})"
         ) from None
-
-
-@contextmanager
-def quiet_peft() -> Iterator[None]:
-    """Silence the library warnings (transformers' FutureWarning, peft's UserWarning) printed
-    while peft loads an adapter: on the command line they would precede the one error line,
-    and they are about library internals the user cannot act on."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
 
 
 def load_provenance(adapter_dir: str | Path) -> Provenance | None:

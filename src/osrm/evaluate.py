@@ -67,19 +67,11 @@ def evaluate(
     data: Dataset | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Score ``model`` (with ``task``'s head) on a split of ``task``.
+    """Metric name -> value of ``model`` (with ``task``'s head) on a split of ``task``.
 
-    Args:
-        model: a sequence-classification model (a ``PeftModel`` or a backbone under
-            :func:`osrm.heads.use_head`).
-        task: registry name or spec; its metrics are computed.
-        split: ``train``, ``validation`` or ``test``.
-        tokenizer, max_length, batch_size: encoding and batching (padding per batch).
-        seed, max_examples: as for :func:`osrm.tasks.registry.load_task`.
-        data: an already standardised split, instead of loading one.
-
-    Returns:
-        metric name -> value, e.g. ``{"accuracy": 0.9, "f1": 0.85}``.
+    ``model`` is a sequence-classification model (a ``PeftModel`` or a backbone under
+    :func:`osrm.heads.use_head`); ``seed`` and ``max_examples`` are as for
+    :func:`osrm.tasks.registry.load_task`, or ``data`` is an already standardised split.
     """
     spec = get_task(task)
     # a merge that overflowed gives Inf/NaN weights: no score is ever computed from them

@@ -7,7 +7,7 @@ MRPC/QQP report mean(accuracy, F1), STS-B mean(Pearson, Spearman), CoLA Matthews
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -74,29 +74,16 @@ METRICS: dict[str, Metric] = {
 }
 
 
-def check_metric(name: str) -> Metric:
-    """The metric called ``name``; unknown names raise :class:`OsrmError` listing valid ones."""
-    if name not in METRICS:
-        raise OsrmError(f"unknown metric '{name}'; valid metrics: {', '.join(METRICS)}")
-    return METRICS[name]
-
-
 def compute_metrics(
-    names: Iterable[str], predictions: ArrayLike, labels: ArrayLike
+    names: Sequence[str], predictions: ArrayLike, labels: ArrayLike
 ) -> dict[str, float]:
-    """Compute each named metric of ``METRICS``.
-
-    Args:
-        names: metric names, e.g. ``TaskSpec.metrics``.
-        predictions: (n,) class ids, or floats for regression.
-        labels: (n,) gold class ids or floats, same length.
-
-    Returns:
-        ``{name: value}`` in the order of ``names``.
-    """
-    fns = {name: check_metric(name) for name in names}
+    """``{name: value}`` of each named metric (e.g. ``TaskSpec.metrics``), in that order, for
+    (n,) predictions (class ids, or floats for regression) and (n,) labels."""
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise OsrmError(f"unknown metric '{unknown[0]}'; valid metrics: {', '.join(METRICS)}")
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if predictions.shape != labels.shape or predictions.ndim != 1 or len(labels) == 0:
         shapes = f"predictions {predictions.shape} and labels {labels.shape}"
         raise ValueError(f"{shapes} must be 1-D, non-empty and of equal length")
-    return {name: fn(predictions, labels) for name, fn in fns.items()}
+    return {name: METRICS[name](predictions, labels) for name in names}

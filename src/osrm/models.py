@@ -18,8 +18,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreT
 
 from osrm import distributed
 from osrm.adapters import load_adapter
-from osrm.assets import asset_cache, package_dir
 from osrm.artifacts import atomic_dir
+from osrm.assets import asset_cache, package_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
 from osrm.heads import head_outputs, read_head, swap_head
@@ -136,6 +136,16 @@ def cap_tokenizer(tokenizer: PreTrainedTokenizerBase, config) -> PreTrainedToken
     return tokenizer
 
 
+def pad_with_eos(tokenizer: PreTrainedTokenizerBase, name: str) -> PreTrainedTokenizerBase:
+    """``pad = eos`` for decoders without a pad token (so batched classification picks the
+    last non-padding token)."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise OsrmError(f"model {name!r}: tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(
     name: str,
     num_labels: int,
@@ -146,10 +156,9 @@ def load_model(
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A sequence-classification model and its tokenizer (``num_labels=1`` means regression).
 
-    Decoders without a pad token get ``pad = eos`` on both tokenizer and model config, so that
-    batched classification picks the last non-padding token. On a GPU ``device`` the weights
-    load straight onto it (``device_map``), so 8 processes of an 8B model do not each hold a
-    CPU copy first.
+    Decoders without a pad token get ``pad = eos`` on both tokenizer and model config. On a
+    GPU ``device`` the weights load straight onto it (``device_map``), so 8 processes of an 8B
+    model do not each hold a CPU copy first.
     """
     path = resolve_model(name)
     try:
@@ -167,10 +176,7 @@ def load_model(
         )
     except (OSError, ValueError) as e:
         raise load_error(name, path, e) from None
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise OsrmError(f"model {name!r}: tokenizer has neither a pad nor an eos token")
-        tokenizer.pad_token = tokenizer.eos_token
+    pad_with_eos(tokenizer, name)
     model.config.pad_token_id = tokenizer.pad_token_id
     cap_tokenizer(tokenizer, model.config)
     # adapters record this as base_model_name_or_path: a portable name, not a site-packages path
@@ -236,7 +242,7 @@ def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple
         model, tokenizer = load_model(base, outputs)
         model = load_adapter(model, merged).merge_and_unload()
     else:
-        tokenizer = load_model_tokenizer(base)
+        tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(resolve_model(base)), base)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(merged), use_safetensors=True
@@ -247,11 +253,3 @@ def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple
         model.config.pad_token_id = tokenizer.pad_token_id
     swap_head(model, head)
     return model.eval(), tokenizer
-
-
-def load_model_tokenizer(base: str):
-    """The base model's tokenizer, with ``pad = eos`` for decoders that have no pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(base))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import product
 from pathlib import Path
 
 import matplotlib
@@ -11,6 +12,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from osrm.artifacts import atomic_file  # noqa: E402
+from osrm.report import parse_hp  # noqa: E402
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -21,11 +23,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
 
 
 def _scale_of(hp: str) -> float | None:
-    for item in hp.split(","):
-        key, _, value = item.partition("=")
-        if key == "scale":
-            return float(value)
-    return None
+    scale = parse_hp(hp).get("scale")
+    return None if scale is None else float(scale)
 
 
 def plot_scale_curves(rows: Sequence[Mapping], path: Path, method: str = "task_arithmetic") -> Path:
@@ -99,11 +98,7 @@ def plot_interference(
         ax.set_xticks(range(len(tasks)), tasks, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(len(tasks)), tasks if i == 0 else [], fontsize=7)
         ax.set(title=f"{init}", xlabel="inputs of task t", ylabel="adapter j" if i == 0 else "")
-        for (a, b), v in ((pos, grid[pos[0]][pos[1]]) for pos in _cells(len(tasks))):
-            ax.text(b, a, f"{v:.2f}", ha="center", va="center", fontsize=6, color="white")
+        for a, b in product(range(len(tasks)), repeat=2):
+            ax.text(b, a, f"{grid[a][b]:.2f}", ha="center", va="center", fontsize=6, color="white")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     return _save(fig, path)
-
-
-def _cells(n: int) -> list[tuple[int, int]]:
-    return [(a, b) for a in range(n) for b in range(n)]

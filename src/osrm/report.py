@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,10 +18,9 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from osrm.loaders import read_json, read_jsonl
 from osrm.errors import OsrmError
+from osrm.loaders import read_json, read_jsonl
 
-log = logging.getLogger(__name__)
 KINDS = ("base", "individual", "merged")  # table order
 
 
@@ -51,6 +49,11 @@ class Result:
 def hp_string(hp: Mapping[str, object]) -> str:
     """Canonical, sorted ``k=v`` form of hyperparameters (``scale=0.5,density=0.2``)."""
     return ",".join(f"{k}={v}" for k, v in sorted(hp.items()))
+
+
+def parse_hp(hp: str) -> dict[str, str]:
+    """The ``k -> v`` pairs of an :func:`hp_string` (values as written)."""
+    return dict(item.partition("=")[::2] for item in hp.split(",") if item)
 
 
 _RESULT = TypeAdapter(Result)
@@ -164,8 +167,7 @@ def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[
 def _hp_key(hp: str) -> tuple:
     """Sort ``scale=0.3`` before ``scale=1.0`` numerically."""
     parts = []
-    for item in hp.split(",") if hp else []:
-        k, _, v = item.partition("=")
+    for k, v in parse_hp(hp).items():
         try:
             parts.append((k, float(v), ""))
         except ValueError:

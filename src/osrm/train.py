@@ -25,10 +25,10 @@ from torch import Tensor, nn
 from transformers import get_linear_schedule_with_warmup
 
 from osrm import distributed
-from osrm.train_state import Checkpoint, load_checkpoint, save_checkpoint
 from osrm.config import TrainSection
 from osrm.errors import OsrmError
 from osrm.progress import tqdm
+from osrm.train_state import Checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,6 @@ def use_bf16(cfg: TrainSection, device: torch.device) -> bool:
     return cfg.precision == "bf16"
 
 
-def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Parameters that receive gradients, by name (LoRA factors, head)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _forward_backward(
-    acc: Accelerator, model: nn.Module, batch: dict, accum: int, sync: bool
-) -> float:
-    """One micro-batch; gradients are all-reduced only on the last micro-batch of a step."""
-    with contextlib.nullcontext() if sync else acc.no_sync(model), acc.autocast():
-        loss = model(**batch).loss / accum
-        acc.backward(loss)
-    return float(loss.detach())
-
-
 def _checkpoint_dir(acc: Accelerator, checkpoint_dir: str | Path | None) -> Path | None:
     if checkpoint_dir is not None and acc.distributed_type == DistributedType.FSDP:
         # FSDP shards parameters and optimizer state; osrm's single-file checkpoints hold full
@@ -89,19 +74,12 @@ def train(
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``cfg.steps`` optimizer steps.
 
-    Args:
-        model: e.g. a ``PeftModel`` from :func:`osrm.adapters.attach_lora`; its forward takes
-            the batch (with ``labels``) and returns ``.loss``.
-        epoch_batches: ``epoch -> iterable of batches`` of ``cfg.batch_size / cfg.grad_accum``
-            examples; must give the same order for the same epoch (seeded).
-        cfg: the training section of the config.
-        checkpoint_dir: where to checkpoint every ``cfg.checkpoint_every`` steps and resume from.
-        fingerprint: identifies the run (config, task, init); a checkpoint with another
-            fingerprint is ignored rather than resumed.
-        on_step: called as ``on_step(step, loss)`` after every optimizer step.
-
-    Returns:
-        The loss history and counters.
+    ``model`` (e.g. a ``PeftModel`` from :func:`osrm.adapters.attach_lora`) takes a batch with
+    ``labels`` and returns ``.loss``. ``epoch_batches(epoch)`` yields batches of
+    ``cfg.batch_size / cfg.grad_accum`` examples, in the same order for the same epoch (seeded).
+    ``checkpoint_dir`` is checkpointed every ``cfg.checkpoint_every`` steps and resumed from when
+    its checkpoint has the same ``fingerprint`` (config, task, init). ``on_step(step, loss)``
+    runs after every optimizer step.
     """
     device = next(model.parameters()).device
     acc = distributed.accelerator("bf16" if use_bf16(cfg, device) else "no")
@@ -131,7 +109,11 @@ def train(
                 continue
             local = {k: v.to(acc.device) for k, v in local.items()}
             sync = (micro + 1) % cfg.grad_accum == 0
-            pending += _forward_backward(acc, wrapped, local, cfg.grad_accum, sync)
+            # gradients are all-reduced only on the last micro-batch of a step
+            with contextlib.nullcontext() if sync else acc.no_sync(wrapped), acc.autocast():
+                loss = wrapped(**local).loss / cfg.grad_accum
+                acc.backward(loss)
+            pending += float(loss.detach())
             state.tokens += int(distributed.all_sum(float(local["attention_mask"].sum())))
             micro += 1
             if not sync:

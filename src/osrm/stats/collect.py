@@ -165,20 +165,13 @@ def collect_stats(
     dtype: torch.dtype = torch.float64,
     progress: bool = True,
 ) -> dict[str, LayerStats]:
-    """Accumulate input statistics of every target linear over the batches.
+    """Module name -> :class:`LayerStats` of every target linear's inputs over the batches.
 
-    Args:
-        model: a frozen transformers model (no adapter); run in eval mode under no_grad.
-        batches: dicts with ``input_ids`` (batch, seq), ``attention_mask`` (batch, seq) and any
-            other forward inputs (``labels`` and unknown keys are dropped).
-        target_modules: peft-style names, suffixes or a regex (e.g. ``["query", "value"]``).
-        mask: ``"attention"`` counts only non-padding tokens; ``"none"`` counts every position
-            (the reference code's behaviour).
-        dtype: accumulation dtype (float64 by default).
-
-    Returns:
-        module name -> :class:`LayerStats`. Modules fed the identical input tensor (q/k/v of one
-        layer) share one accumulation: their entries are the same object.
+    ``model`` is a frozen transformers model (no adapter), run in eval mode under no_grad; the
+    batches hold ``input_ids`` and ``attention_mask`` (batch, seq) and other forward inputs
+    (``labels`` and unknown keys are dropped). ``mask="attention"`` counts only non-padding
+    tokens, ``"none"`` every position (the reference code's behaviour). Modules fed the identical
+    input tensor (q/k/v of one layer) share one accumulation: their entries are the same object.
     """
     if mask not in MASK_POLICIES:
         raise OsrmError(f"mask {mask!r}: expected one of {list(MASK_POLICIES)}")

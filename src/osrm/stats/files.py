@@ -68,13 +68,9 @@ def load_stats(
 ) -> tuple[dict[str, LayerStats], StatsMeta]:
     """Read and validate a statistics file written by :func:`save_stats`.
 
-    Args:
-        path: the ``.safetensors`` file.
-        check_manifest: if the folder's ``osrm_manifest.json`` lists the file, its sha256 must
-            match (files that no manifest lists, e.g. shared ones, are checked for structure).
-
-    Raises:
-        OsrmError: a missing, corrupt, altered or inconsistent file (one line naming the file).
+    With ``check_manifest``, a file listed in its folder's ``osrm_manifest.json`` must match its
+    sha256 (files that no manifest lists, e.g. shared ones, are checked for structure). A
+    missing, corrupt, altered or inconsistent file is one :class:`OsrmError` line naming it.
     """
     path = Path(path)
     if not path.is_file():
