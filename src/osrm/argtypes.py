@@ -15,24 +15,19 @@ from collections.abc import Callable
 from osrm.config import MAX_SEED
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
 def int_range(low: int, high: int | None = None) -> Callable[[str], int]:
     """An integer in ``[low, high]``."""
 
     def parse(text: str) -> int:
-        value = _int(text)
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low or (high is not None and value > high):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {text!r}")
         return value
 
-    parse.__name__ = f"integer >= {low}"
     return parse
 
 

@@ -132,15 +132,19 @@ def use_head(model: nn.Module, head: Mapping[str, Tensor]) -> Iterator[nn.Module
     are swapped, not copied into, and the config's label fields follow; both are restored on
     exit.
     """
-    saved: list[tuple[nn.Module, str, Tensor]] = []
-    labels = _label_fields(model)
+    inner = _base(model)
+    config = getattr(inner, "config", None)
+    saved: list[tuple[object, str, object]] = []  # (owner, attribute, value) to put back
+    if config is not None:
+        saved = [(config, k, getattr(config, k, None)) for k in _LABEL_FIELDS]
+        if getattr(inner, "num_labels", None) is not None:
+            saved.append((inner, "num_labels", inner.num_labels))
     try:
-        saved = swap_head(model, head)
+        saved += swap_head(model, head)
         yield model
     finally:
-        for module, param_name, old in reversed(saved):
-            setattr(module, param_name, old)
-        _restore_label_fields(model, labels)
+        for owner, name, value in reversed(saved):
+            setattr(owner, name, value)
 
 
 def swap_head(model: nn.Module, head: Mapping[str, Tensor]) -> list[tuple[nn.Module, str, Tensor]]:
@@ -207,23 +211,3 @@ def _set_num_labels(model: nn.Module, n: int) -> None:
     config.problem_type = "regression" if n == 1 else "single_label_classification"
     if hasattr(inner, "num_labels"):
         inner.num_labels = n
-
-
-def _label_fields(model: nn.Module) -> dict:
-    inner = _base(model)
-    config = getattr(inner, "config", None)
-    if config is None:
-        return {}
-    saved = {k: getattr(config, k, None) for k in _LABEL_FIELDS}
-    saved["num_labels"] = getattr(inner, "num_labels", None)
-    return saved
-
-
-def _restore_label_fields(model: nn.Module, saved: Mapping) -> None:
-    if not saved:
-        return
-    inner = _base(model)
-    for key in _LABEL_FIELDS:
-        setattr(inner.config, key, saved[key])
-    if saved["num_labels"] is not None:
-        inner.num_labels = saved["num_labels"]

@@ -23,7 +23,7 @@ def moment(stats: Sequence[LayerStats], weighting: str = "equal", center: bool =
         pooled = sum(stats)
         return pooled.covariance() if center else pooled.second_moment()
     mats = [s.covariance() if center else s.second_moment() for s in stats]
-    return torch.stack([m.double() for m in mats]).mean(0).double()
+    return torch.stack([m.double() for m in mats]).mean(0)
 
 
 def other_moment(
