@@ -38,6 +38,3 @@ def check_finite(tensors: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], w
             f"{what}: {bad} holds NaN or Inf values (an overflow? check the merge scale, the "
             "task weights and the adapters' lora_alpha)"
         )
-
-
-__all__ = ["check_finite", "first_non_finite"]
