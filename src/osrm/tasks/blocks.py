@@ -18,7 +18,7 @@ from osrm.schema import Section, first_error
 
 
 def _as_list(value: Any) -> Any:
-    """``text_fields: review`` means ``[review]`` (osrm.tasks accepts both)."""
+    """``text_fields: review`` means ``[review]`` (TaskSpec accepts both)."""
     return [value] if isinstance(value, str) else value
 
 
