@@ -63,10 +63,6 @@ def _store(source: str | Path | nn.Module | Mapping[str, Tensor]) -> Mapping[str
     return SafetensorsDir(source)
 
 
-def _is_head(name: str, heads: Sequence[str]) -> bool:
-    return any(part in heads for part in name.split("."))
-
-
 def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype:
     """The float dtype with the larger machine epsilon (bf16 over fp16 over fp32 over fp64)."""
     return a if torch.finfo(a).eps >= torch.finfo(b).eps else b
@@ -114,7 +110,7 @@ class FullDeltas(LazyMapping):
         self.transposed: frozenset[str] = frozenset()  # parameters keep their stored layout
 
     def _exclusion(self, name: str, heads: Sequence[str]) -> str | None:
-        if _is_head(name, heads):
+        if any(part in heads for part in name.split(".")):
             return "task head"
         if name not in self.finetuned or name not in self.base:
             return "present in one checkpoint only"

@@ -14,11 +14,6 @@ import math
 import torch
 from torch import Tensor
 
-
-def _flat(deltas: Tensor) -> Tensor:
-    return deltas.reshape(deltas.shape[0], -1)  # (k, n)
-
-
 # below this size a plain topk is as fast as bracketing the threshold
 _SELECT_MIN = 1 << 16
 _SAMPLE = 1 << 15
@@ -63,7 +58,7 @@ def trim_magnitude(deltas: Tensor, density: float, skip_top: float = 0.0) -> Ten
     Returns:
         (k, *shape) trimmed deltas (a new tensor).
     """
-    flat = _flat(deltas)
+    flat = deltas.reshape(deltas.shape[0], -1)  # (k, n)
     n = flat.shape[1]
     top, keep = int(skip_top * n), int(density * n)
     if top == 0 and keep >= n:
