@@ -38,9 +38,9 @@ class Provenance:
     """How an adapter's ``A`` was initialised; saved as ``osrm_provenance.json`` beside it."""
 
     task: str
-    init: str  # "lora" (peft default) or "osrm"
+    init: str  # a name of inits.INITS
     rank: int
-    mode: str | None = None  # cov | mean | contrast
+    mode: str | None = None  # a name of inits.MODES (None: peft's default init)
     options: dict = field(default_factory=dict)
     stats_digests: dict = field(default_factory=dict)  # task -> statistics content hash
     base_fingerprint: str | None = None  # hash of all target modules' base weights together
