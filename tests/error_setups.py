@@ -22,8 +22,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import save_tiny_bert
-from osrm.cli import main
 from osrm.artifacts import MANIFEST_FILE, seal_dir
+from osrm.cli import main
 
 TASKS = ("low", "high", "reg")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from osrm.cli import main
 from osrm.artifacts import verify_dir, verify_file
+from osrm.cli import main
 from osrm.stats import load_stats
 from tiny_workspace import leftovers, make_workspace
 

@@ -10,7 +10,6 @@ from peft import LoraConfig, PeftModel
 
 from conftest import make_tiny_bert, make_tiny_llama, make_tiny_roberta, synthetic_batches
 from osrm.adapters import RECORD_FILE, attach_lora, lora_layers
-from osrm.train_state import FILE as CKPT_FILE
 from osrm.config import TrainSection, load_config
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
@@ -22,6 +21,7 @@ from osrm.stats import collect_stats
 from osrm.subspace import osrm_bases
 from osrm.tasks.registry import get_task, load_task
 from osrm.train import train, use_bf16
+from osrm.train_state import FILE as CKPT_FILE
 
 ARCHS = {
     "bert": (make_tiny_bert, ["query", "value"]),

@@ -17,9 +17,9 @@ import pytest
 import torch
 import yaml
 
-from osrm.loaders import read_json, read_jsonl, read_yaml
 from osrm.cli import main
 from osrm.errors import OsrmError
+from osrm.loaders import read_json, read_jsonl, read_yaml
 from osrm.rundir import run_path
 from tiny_workspace import make_workspace, tree
 
