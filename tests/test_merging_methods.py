@@ -79,13 +79,15 @@ def test_every_method_is_covered_and_documented():
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_registry_matches_the_function_signature(name):
-    """Each record's hyperparameters (defaults, order) and inputs are its function's keywords."""
+    """Each record's hyperparameters (defaults, order) are its function's defaulted keywords (and
+    ``seed`` last for a random method); its inputs are the keywords without a default."""
     method = METHODS[name]
     params = inspect.signature(method.fn).parameters.values()
-    keywords = {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert set(keywords) == {*method.hyperparameters, *method.inputs}
-    assert hyperparameters(name) == {k: v for k, v in keywords.items() if k not in method.inputs}
-    assert list(hyperparameters(name)) == [k for k in keywords if k not in method.inputs]
+    keywords = [p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    declared = {p.name: p.default for p in keywords if p.default is not inspect.Parameter.empty}
+    expected = {**declared, **({"seed": None} if method.random else {})}
+    assert hyperparameters(name) == expected and list(hyperparameters(name)) == list(expected)
+    assert {p.name for p in keywords} - set(declared) == set(method.inputs)
     for key, hyper in method.hyperparameters.items():
         hyper.check(key, hyper.default)  # every default passes its own check
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from osrm.errors import OsrmError
-from osrm.merging.checks import check_below_one, make_generator
+from osrm.merging.checks import check_below_one
 from osrm.merging.primitives import agreeing_mean, drop_random, trim_magnitude, weighted_sum
 from osrm.merging.registry import register
 
@@ -72,16 +72,15 @@ def dare_linear(
     weights: Tensor,
     *,
     density: float = 0.5,
+    generator: torch.Generator,
     scale: float = 1.0,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Drop entries with probability 1 − density, rescale by 1/density, then TA.
 
     Yu et al., "Language Models are Super Mario: Absorbing Abilities from Homologous Models
-    as a Free Lunch", ICML 2024. Without ``seed`` or ``generator`` the seed is 0.
+    as a Free Lunch", ICML 2024. Called without ``seed`` or ``generator``, the seed is 0.
     """
-    dropped = drop_random(deltas, density, make_generator(seed, generator))
+    dropped = drop_random(deltas, density, generator)
     return scale * weighted_sum(dropped, weights)
 
 
@@ -90,12 +89,11 @@ def dare_ties(
     deltas: Tensor,
     weights: Tensor,
     *,
+    generator: torch.Generator,
     density: float = 0.5,
     scale: float = 1.0,
     majority_sign: str = "total",
     normalize: bool = False,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
 ) -> Tensor:
     """DARE's drop and rescale, then TIES' sign election and disjoint mean, × λ.
 
@@ -103,7 +101,7 @@ def dare_ties(
     ``normalize`` act as in :func:`ties` (sign elected on the weighted deltas; divided by the
     agreeing count, or with ``normalize=True`` by the agreeing tasks' summed weights).
     """
-    dropped = drop_random(deltas, density, make_generator(seed, generator))
+    dropped = drop_random(deltas, density, generator)
     return scale * agreeing_mean(dropped, weights, majority_sign, normalize)
 
 

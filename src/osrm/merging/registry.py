@@ -2,9 +2,10 @@
 
 A method registers where it is written, with ``@register(name, **checks, **traits)`` on its
 function (``fn(deltas (k, d_out, d_in), weights (k,), **hp) -> ΔW``). Its hyperparameters are
-the function's keyword-only parameters, with the function's defaults, checked by the
-:data:`CHECKS` of their name unless the method names its own; the traits callers act on are
-``coeffs`` (linear), ``random`` and ``needs_stats``. Every call goes through
+the function's keyword-only parameters that have a default (read once, when it registers),
+checked by the :data:`CHECKS` of their name unless the method names its own; the traits callers
+act on are ``coeffs`` (linear), ``random`` (adds the ``seed`` hyperparameter; the body receives
+a ``generator``) and ``needs_stats`` (the body receives ``grams``). Every call goes through
 :meth:`Method.__call__`, so a library call, the merge and the config grid
 (:func:`validate_hyperparameters`) run the same checks with the same messages.
 """
@@ -12,7 +13,6 @@ the function's keyword-only parameters, with the function's defaults, checked by
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -30,6 +30,7 @@ from osrm.merging.checks import (
     check_scale,
     check_seed,
     check_weights,
+    make_generator,
     prepare,
 )
 
@@ -88,6 +89,9 @@ class Method:
         """Check the inputs, merge in float32 (float64 stays), return ΔW in the deltas' dtype."""
         x, w = prepare(deltas, weights, kwargs.get("scale", 1.0))
         self.check_values(kwargs, w)
+        if self.random:  # the body draws from one generator: the given one, else seeded
+            seed, generator = kwargs.pop("seed", None), kwargs.pop("generator", None)
+            kwargs["generator"] = make_generator(seed, generator)
         return self.fn(x, w, **kwargs).to(deltas.dtype)
 
 
@@ -112,10 +116,11 @@ def register(
 
     def add(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         method = METHODS[name] = Method(fn, {}, coeffs, random, needs_stats, check)
-        for p in inspect.signature(fn).parameters.values():  # in keyword order
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in method.inputs:
-                check_of = checks.get(p.name) or CHECKS[p.name]  # KeyError: a check is missing
-                method.hyperparameters[p.name] = Hyper(p.default, check_of)
+        # keyword-only parameters with a default, in keyword order; a random method's seed last
+        declared = {**(fn.__kwdefaults__ or {}), **({"seed": None} if random else {})}
+        for key, default in declared.items():
+            check_of = checks.get(key) or CHECKS[key]  # KeyError: a check is missing
+            method.hyperparameters[key] = Hyper(default, check_of)
 
         @functools.wraps(fn)
         def checked(deltas: Tensor, weights: Tensor, **kwargs: Any) -> Tensor:
