@@ -53,9 +53,9 @@ def stats_overhead_rows(d: Mapping) -> list[dict[str, object]]:
 
 
 def train_speed_rows(d: Mapping) -> list[dict[str, object]]:
-    """Dynamic padding vs padding every batch to max length."""
+    """Dynamic padding vs padding every batch to max length; the interference penalty's cost."""
     fixed, dyn = d["max_length_s_per_step"], d["dynamic_s_per_step"]
-    return [
+    rows = [
         speed_row(
             "train_speed",
             "training step, dynamic padding vs padding to max length",
@@ -66,6 +66,19 @@ def train_speed_rows(d: Mapping) -> list[dict[str, object]]:
             f"{d.get('steps', '?')} steps, median of {d.get('repeats', '?')}",
         )
     ]
+    if "penalty_s_per_step" in d:  # runs before train.interference_penalty have no such row
+        rows.append(
+            speed_row(
+                "train_speed",
+                "training step with train.interference_penalty vs without (dynamic padding)",
+                f"without: {dyn:.3f} s/step",
+                f"with: {d['penalty_s_per_step']:.3f} s/step",
+                ratio(d["penalty_s_per_step"], dyn),
+                "cost (x)",
+                "closed form from (d, d) moments, same run",
+            )
+        )
+    return rows
 
 
 def fmt_num(x: float | None, spec: str) -> str:

@@ -50,7 +50,7 @@ def test_typed_overrides():
     [
         (
             "lora.rnak=4",
-            r"unknown key 'lora.rnak'; valid keys: \['alpha', 'dropout', 'inits', 'rank'",
+            r"unknown key 'lora.rnak'; valid keys: \['a_subspace', 'alpha', 'dropout', 'inits'",
         ),
         ("extra=1", "unknown key 'extra'; valid keys:"),
         ("lora.rank=abc", "field 'lora.rank': Input should be a valid integer"),

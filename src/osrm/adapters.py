@@ -123,7 +123,9 @@ def save_adapter(
     trained = {n: p for n, p in peft_model.named_parameters() if p.requires_grad}
     check_finite(trained, f"trained adapter ({out_dir})")  # a diverged run is never saved
     with atomic_dir(out_dir) as tmp:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        plain = plain_state_dict(peft_model)  # a constrained A (lora.a_subspace) as R·U_kᵀ
+        extra = {} if plain is None else {"state_dict": plain}
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, **extra)
         _sort_set_fields(tmp / "adapter_config.json", peft_model)
         if provenance is not None:
             (tmp / PROVENANCE_FILE).write_text(json.dumps(asdict(provenance), indent=2) + "\n")
@@ -131,6 +133,24 @@ def save_adapter(
             (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
         seal_dir(tmp)
     return out_dir
+
+
+def plain_state_dict(peft_model: nn.Module) -> dict[str, Tensor] | None:
+    """``peft_model``'s state dict with every parametrized weight (``osrm.constraints``) in
+    peft's own key and shape, its current value; None when no weight is parametrized.
+
+    The model is left as it is, so saving mid-training (budgets) keeps the constraint on.
+    """
+    state = peft_model.state_dict()
+    owners = {k.split(".parametrizations.")[0] for k in state if ".parametrizations." in k}
+    if not owners:
+        return None
+    for owner in sorted(owners):
+        for key in [k for k in state if k.startswith(f"{owner}.parametrizations.")]:
+            del state[key]
+        with torch.no_grad():
+            state[f"{owner}.weight"] = peft_model.get_submodule(owner).weight.detach()
+    return state
 
 
 def _sort_set_fields(path: Path, peft_model: PeftModel) -> None:

@@ -158,6 +158,38 @@ def osrm_bases(
     return out
 
 
+def osrm_directions(
+    stats_by_task: StatsByTask,
+    task: str,
+    bases: Mapping[str, Tensor],
+    k: int,
+    mode: str = "cov",
+    **options: object,
+) -> dict[str, Tensor]:
+    """The k best directions of each module's OSRM basis, the init's r rows first.
+
+    ``bases`` are ``task``'s (r, d_in) inits from :func:`osrm_bases` with the same ``mode`` and
+    ``options``. The solver is called again with rank k; its rows' components orthogonal to the
+    init, orthonormalised (the k - r largest), follow the init's rows. For ``cov``, ``contrast``
+    and ``mean``/``svd`` the rank-k rows contain the init's span, so these are the next k - r
+    directions of the same eigen-problem; the init itself is never re-solved.
+
+    Returns:
+        module -> (k, d_in) float64 with orthonormal rows, ``[:r]`` equal to ``bases[module]``.
+    """
+    wide = osrm_bases(stats_by_task, task, k, mode, **options)  # type: ignore[arg-type]
+    out: dict[str, Tensor] = {}
+    for module, init in bases.items():
+        init = init.double()
+        rest = wide[module] - (wide[module] @ init.T) @ init  # (k, d_in), orthogonal to the init
+        _, _, vh = torch.linalg.svd(rest, full_matrices=False)
+        extra = vh[: k - init.shape[0]]
+        extra = extra - (extra @ init.T) @ init  # once more against rounding
+        q, _ = torch.linalg.qr(extra.T)
+        out[module] = torch.cat([init, fix_sign(q.T)])
+    return out
+
+
 def check_stats(
     stats_by_task: StatsByTask,
     task: str,
