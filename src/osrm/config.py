@@ -11,7 +11,7 @@ import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -80,6 +80,8 @@ class SubspaceSection(Section):
 class TrainSection(Section):
     """One explicit loop (osrm.train): AdamW, linear schedule with warm-up, accumulation."""
 
+    omit_when_default = frozenset({"checkpoints"})
+
     steps: int = Field(300, ge=1, description="optimizer steps per adapter (unless epochs is set)")
     epochs: float | None = Field(
         None, gt=0, le=1e6, description="if set: steps = ceil(epochs * n / batch)"
@@ -103,6 +105,10 @@ class TrainSection(Section):
         None, ge=1, description="steps of adapters whose A is frozen; null = steps"
     )
     checkpoint_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = never")
+    checkpoints: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list,
+        description="budgets: steps at which the adapter is also saved (same schedule), increasing",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast on GPU"
     )
@@ -115,7 +121,18 @@ class TrainSection(Section):
             )
         if self.frozen_a_steps is not None and self.epochs is not None:
             raise ValueError("frozen_a_steps counts steps; it cannot be combined with epochs")
+        if self.checkpoints and self.epochs is None and self.checkpoints[-1] > self.steps:
+            raise ValueError(
+                f"checkpoints: step {self.checkpoints[-1]} is beyond the run's {self.steps} steps"
+            )
         return self
+
+    @field_validator("checkpoints")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            raise ValueError(f"expected strictly increasing steps, got {value}")
+        return value
 
 
 class MergeSection(Section):
@@ -167,6 +184,18 @@ class ExperimentConfig(Section):
         if self.merge.weights is not None and len(self.merge.weights) != len(names):
             raise ValueError(
                 f"merge.weights has {len(self.merge.weights)} values for {len(names)} tasks"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _frozen_budgets(self) -> ExperimentConfig:
+        train = self.train
+        frozen = train.freeze_a or any(INITS[i].freeze_a for i in self.lora.inits)
+        steps = train.frozen_a_steps
+        if frozen and steps is not None and train.checkpoints[-1:] > [steps]:
+            raise ValueError(
+                f"train.checkpoints: step {train.checkpoints[-1]} is beyond train.frozen_a_steps "
+                f"({steps}), the steps of the adapters whose A is frozen"
             )
         return self
 

@@ -38,7 +38,6 @@ from osrm.report import (
     read_interference,
     read_results,
     subspace_table,
-    table_columns,
 )
 from osrm.rundir import (
     CONFIG_FILE,
@@ -54,7 +53,7 @@ from osrm.rundir import (
 from osrm.safety import require_safetensors
 from osrm.stages.evaluation import eval_stage, interference_stage
 from osrm.stages.preparation import check_rank, prepare
-from osrm.stages.reporting import report_stage
+from osrm.stages.reporting import report_stage, result_columns
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
 from osrm.tasks.registry import get_task, task_spec
@@ -118,7 +117,7 @@ def print_summary(out: dict) -> None:
     report = out.get("report")
     if report is None:
         return
-    print(f"\n{markdown_table(report['rows'], table_columns(cfg.task_names))}\n")
+    print(f"\n{markdown_table(report['rows'], result_columns(cfg, report['rows']))}\n")
     means = summarise_interference(out["interference"])
     print(
         "mean cross-task interference ratio: " + ", ".join(f"{i} {v:.3f}" for i, v in means.items())

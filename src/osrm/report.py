@@ -29,7 +29,9 @@ class Result:
     """One evaluation: a model (``kind``) of one init on one task.
 
     ``kind`` is ``base`` (the frozen backbone with the task's trained head), ``individual`` (the
-    task's own adapter) or ``merged`` (``method`` with hyperparameters ``hp``).
+    task's own adapter) or ``merged`` (``method`` with hyperparameters ``hp``). ``step``: the
+    adapters are the budgets saved at that training step (``train.checkpoints``); None: the
+    final adapters (the line then has no ``step``, as before budgets existed).
     """
 
     init: str
@@ -40,10 +42,11 @@ class Result:
     method: str = ""
     hp: str = ""
     scores: dict = field(default_factory=dict)
+    step: int | None = None
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.init, self.kind, self.method, self.hp)
+    def key(self) -> tuple[str, str, str, str, int | None]:
+        return (self.init, self.kind, self.method, self.hp, self.step)
 
 
 def hp_string(hp: Mapping[str, object]) -> str:
@@ -130,18 +133,21 @@ def append_results(path: str | Path, results: Iterable[Result]) -> None:
             if (r.key, r.task) in done:
                 continue
             done.add((r.key, r.task))
-            f.write(json.dumps(asdict(r)) + "\n")
+            line = {k: v for k, v in asdict(r).items() if k != "step" or v is not None}
+            f.write(json.dumps(line) + "\n")
             f.flush()
         os.fsync(f.fileno())
 
 
 def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[str, object]]:
-    """Pivot: one row per (init, kind, method, hp) with per-task scores, avg and norm_avg."""
-    individual = {(r.init, r.task): r.score for r in results if r.kind == "individual"}
+    """Pivot: one row per (init, kind, method, hp, step) with per-task scores, avg and norm_avg
+    (against the individual adapters of the same init and step); budget rows have ``step``."""
+    individual = {(r.init, r.step, r.task): r.score for r in results if r.kind == "individual"}
     rows: dict[tuple, dict[str, object]] = {}
     for r in results:
+        step = {} if r.step is None else {"step": r.step}
         row = rows.setdefault(
-            r.key, {"init": r.init, "model": r.kind, "method": r.method, "hp": r.hp}
+            r.key, {"init": r.init, **step, "model": r.kind, "method": r.method, "hp": r.hp}
         )
         row[r.task] = r.score
     out = []
@@ -151,16 +157,15 @@ def results_table(results: Sequence[Result], tasks: Sequence[str]) -> list[dict[
             row["avg"] = sum(scores) / len(scores)
             # a ratio means something only against a positive individual score (a negative
             # correlation or MCC would flip its sign): otherwise the row has no norm_avg
-            ratios = [
-                row[t] / individual[key[0], t] for t in tasks if individual.get((key[0], t), 0) > 0
-            ]
+            own = {t: individual.get((key[0], key[4], t), 0) for t in tasks}
+            ratios = [row[t] / own[t] for t in tasks if own[t] > 0]
             row["norm_avg"] = sum(ratios) / len(ratios) if len(ratios) == len(tasks) else None
         out.append(row)
     order = {k: i for i, k in enumerate(KINDS)}
     inits = list(dict.fromkeys(r.init for r in results))
-    out.sort(
-        key=lambda r: (inits.index(r["init"]), order[r["model"]], r["method"], _hp_key(r["hp"]))
-    )
+    last = float("inf")  # the final adapters after every budget
+    out.sort(key=lambda r: (inits.index(r["init"]), r.get("step", last), order[r["model"]],
+                            r["method"], _hp_key(r["hp"])))  # fmt: skip
     return out
 
 
@@ -175,9 +180,12 @@ def _hp_key(hp: str) -> tuple:
     return tuple(parts)
 
 
-def table_columns(tasks: Sequence[str]) -> dict[str, str]:
-    return {"init": "init", "model": "model", "method": "method", "hp": "hyperparameters",
-            **{t: t for t in tasks}, "avg": "avg", "norm_avg": "norm. avg"}  # fmt: skip
+def table_columns(tasks: Sequence[str], steps: bool = False) -> dict[str, str]:
+    """Table columns (key -> header); ``steps``: with the budget's step (blank: final)."""
+    step = {"step": "step"} if steps else {}
+    return {"init": "init", **step, "model": "model", "method": "method",
+            "hp": "hyperparameters", **{t: t for t in tasks}, "avg": "avg",
+            "norm_avg": "norm. avg"}  # fmt: skip
 
 
 def _cell(value: object, floatfmt: str) -> str:

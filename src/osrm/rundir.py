@@ -90,6 +90,7 @@ PLOT_FILES = {
     "scale": "plot_scale.png", "best": "plot_best.png", "interference": "plot_interference.png",
 }  # fmt: skip
 STATS_DIR, ADAPTERS_DIR, MERGED_DIR = "stats", "adapters", "merged"
+BUDGETS_DIR = "budgets"  # budgets/<step>/<init>/<task>: the adapter saved at train.checkpoints
 # Sections that change artifacts: a run directory made with other values is not reused.
 PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval")
 
@@ -102,6 +103,12 @@ def stats_file(run_dir: Path, task: str) -> Path:
 def adapter_dir(run_dir: Path, init: str, task: str) -> Path:
     """``adapters/<init>/<task>``: one trained adapter."""
     return run_path(run_dir, ADAPTERS_DIR, init, task)
+
+
+def budget_dir(run_dir: Path, step: int, init: str, task: str) -> Path:
+    """``budgets/<step>/<init>/<task>``: the adapter of ``adapters/<init>/<task>`` at ``step``, a
+    plain adapter like it (so ``budgets/<step>/<init>/*`` merge like ``adapters/<init>/*``)."""
+    return run_path(run_dir, BUDGETS_DIR, str(step), init, task)
 
 
 def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
@@ -186,8 +193,11 @@ def discard_unverified_adapters(cfg: ExperimentConfig, run_dir: Path) -> None:
     """
     for init in cfg.lora.inits:
         for task in cfg.task_names:
-            path = adapter_dir(run_dir, init, task)
-            problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
-            if problem:
-                log.warning("adapter %s/%s: %s; training it again", init, task, problem)
-                shutil.rmtree(path)
+            paths = {f"{init}/{task}": adapter_dir(run_dir, init, task)}
+            for k in cfg.train.checkpoints:
+                paths[f"{init}/{task} at step {k}"] = budget_dir(run_dir, k, init, task)
+            for name, path in paths.items():
+                problem = verify_dir(path, RUN_ADAPTER_FILES) if path.exists() else None
+                if problem:
+                    log.warning("adapter %s: %s; training it again", name, problem)
+                    shutil.rmtree(path)

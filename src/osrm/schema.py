@@ -7,9 +7,9 @@ blocks), so that both refuse the same values with the same messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_serializer
 
 MAX_INT = 2**63 - 1  # counts go to torch, itertools and numpy, which take 64-bit integers
 
@@ -19,6 +19,19 @@ class Section(BaseModel):
     every integer within 64 bits (``stats.batch_size=1e30`` is refused here, not in islice)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # Fields added after runs were recorded: left out of dumps while at their default, so that
+    # config.yaml, run fingerprints and training records of runs that do not use them stay
+    # byte-identical to those of earlier versions (a subclass lists its own).
+    omit_when_default: ClassVar[frozenset[str]] = frozenset()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: Any) -> Any:
+        data = handler(self)
+        for name in self.omit_when_default:
+            default = type(self).model_fields[name].get_default(call_default_factory=True)
+            if isinstance(data, dict) and name in data and getattr(self, name) == default:
+                del data[name]
+        return data
 
     @field_validator("*")
     @classmethod

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -71,6 +71,9 @@ def train(
     fingerprint: str = "",
     progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    stop_at: int | None = None,
+    budgets: Collection[int] = (),
+    on_budget: Callable[[TrainResult], None] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``cfg.steps`` optimizer steps.
 
@@ -80,6 +83,11 @@ def train(
     ``checkpoint_dir`` is checkpointed every ``cfg.checkpoint_every`` steps and resumed from when
     its checkpoint has the same ``fingerprint`` (config, task, init). ``on_step(step, loss)``
     runs after every optimizer step.
+
+    ``stop_at`` ends the run after that step, on the schedule of ``cfg.steps`` (the same
+    trajectory, cut short). ``on_budget(result so far)`` runs at each step of ``budgets``; a
+    checkpoint past the first budget (or past ``stop_at``) is not resumed from, so that the run
+    passes through every budget.
     """
     device = next(model.parameters()).device
     acc = distributed.accelerator("bf16" if use_bf16(cfg, device) else "no")
@@ -92,15 +100,17 @@ def train(
     )
     state = Checkpoint(step=0, epoch=0, offset=0, losses=[], tokens=0, fingerprint=fingerprint)
     ckpt = _checkpoint_dir(acc, checkpoint_dir)
+    end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     if ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, scheduler, fingerprint) or state
+        last = min([end, *(b - 1 for b in budgets)])  # the last step it may resume from
+        state = load_checkpoint(ckpt, model, optimizer, scheduler, fingerprint, last) or state
     resumed_from, start, tokens0 = state.step, time.perf_counter(), state.tokens
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step",
+    bar = tqdm(total=end, initial=state.step, desc="train", unit="step",
                disable=not (progress and distributed.is_main()))  # fmt: skip
     wrapped.train()
     micro, pending = 0, 0.0
     optimizer.zero_grad(set_to_none=True)
-    while state.step < cfg.steps:
+    while state.step < end:
         position = state.offset
         for batch in islice(epoch_batches(state.epoch), state.offset, None):
             position += 1
@@ -126,15 +136,17 @@ def train(
             state.step, state.offset = state.step + 1, position
             state.losses.append(distributed.all_sum(pending) / distributed.world_size())
             pending = 0.0
+            if on_budget is not None and state.step in budgets:
+                on_budget(_result(state, start, resumed_from))
             if on_step is not None:
                 on_step(state.step, state.losses[-1])
             bar.update(1)
             rate = (state.tokens - tokens0) / (time.perf_counter() - start)
             bar.set_postfix(loss=f"{state.losses[-1]:.4f}", tok_s=f"{rate:.0f}")
             due = cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0
-            if ckpt is not None and due and state.step < cfg.steps and distributed.is_main():
+            if ckpt is not None and due and state.step < end and distributed.is_main():
                 save_checkpoint(ckpt, model, optimizer, scheduler, state)
-            if state.step >= cfg.steps:
+            if state.step >= end:
                 break
         else:  # epoch exhausted: the next one starts at its beginning
             state.epoch, state.offset = state.epoch + 1, 0
@@ -142,5 +154,10 @@ def train(
                 raise OsrmError("training data is empty: epoch_batches returned no batches")
     bar.close()
     wrapped.eval()
+    return _result(state, start, resumed_from)
+
+
+def _result(state: Checkpoint, start: float, resumed_from: int) -> TrainResult:
+    """The run so far (a copy: the loop goes on appending to ``state.losses``)."""
     seconds = time.perf_counter() - start
-    return TrainResult(state.losses, state.step, seconds, state.tokens, resumed_from)
+    return TrainResult(list(state.losses), state.step, seconds, state.tokens, resumed_from)

@@ -68,13 +68,18 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, fingerprint: str
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    fingerprint: str,
+    last_step: int | None = None,
 ) -> Checkpoint | None:
     """Restore a checkpoint into model/optimizer/scheduler/RNG; None if there is none to resume.
 
     A checkpoint of another run (different fingerprint), or one that is unreadable or does not
     match its sha256, is ignored with a warning: training then starts over, which gives the
-    same result, only later.
+    same result, only later. So is one past ``last_step`` (the run must pass a step before it).
     """
     path = directory / FILE
     if not path.is_file():
@@ -93,6 +98,10 @@ def load_checkpoint(
         return None
     if metadata.get("sha256") != content_digest(tensors, metadata):
         log.warning("ignoring %s: its content does not match its sha256; starting over", path)
+        return None
+    if last_step is not None and state.step > last_step:
+        log.info("ignoring %s: step %d is past step %d, to be saved; starting over", path,
+                 state.step, last_step + 1)  # fmt: skip
         return None
     _restore_params(path, model, tensors)
     slots: dict[int, dict] = {}

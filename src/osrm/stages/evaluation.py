@@ -38,7 +38,7 @@ from osrm.merging.outputs import write_dense
 from osrm.merging.record import build_manifest, hp_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
-from osrm.rundir import RESULTS_FILE, merged_dir, run_path, stats_file
+from osrm.rundir import RESULTS_FILE, budget_dir, merged_dir, run_path, stats_file
 from osrm.stages.statistics import TaskStats
 from osrm.tasks.spec import TaskSpec
 
@@ -149,7 +149,7 @@ def _append(path: Path, result: Result) -> None:
         append_results(path, [result])
 
 
-def _score(cfg: ExperimentConfig, model: nn.Module, tok, spec: TaskSpec, **key: str) -> Result:
+def _score(cfg: ExperimentConfig, model: nn.Module, tok, spec: TaskSpec, **key: Any) -> Result:
     scores = eval_task(cfg, model, tok, spec)
     metric = spec.main_metric
     return Result(task=spec.name, metric=metric, score=scores[metric], scores=scores, **key)
@@ -161,46 +161,73 @@ def eval_stage(
     specs: Mapping[str, TaskSpec],
     adapters: Mapping[tuple[str, str], Path],
 ) -> list[Result]:
-    """Score base, individual and every merged setting; return all results of the run."""
+    """Score base, individual and every merged setting; return all results of the run.
+
+    The adapters saved at ``train.checkpoints`` (``budgets/<step>/<init>/<task>``) are scored
+    and merged the same way, their results carrying ``step`` (``merge.save`` writes the merges
+    of the final adapters only).
+    """
     path = run_path(run_dir, RESULTS_FILE)
     done = {(r.key, r.task) for r in read_results(path)}
-    tasks = cfg.task_names
     grid = merge_grid(cfg)
     backbone, tok = load_base(cfg)
     for init in cfg.lora.inits:
-        dirs = [adapters[init, t] for t in tasks]
-        heads = {t: adapter_head(d) for t, d in zip(tasks, dirs, strict=True)}
-        for task, adapter_dir in zip(tasks, dirs, strict=True):
-            if ((init, "individual", "", ""), task) not in done:
-                model, _ = load_adapter_model(cfg, adapter_dir, specs[task])
-                _append(path, _score(cfg, model, tok, specs[task], init=init, kind="individual"))
-            if ((init, "base", "", ""), task) not in done:
-                with use_head(backbone, heads[task]) as model:
-                    _append(path, _score(cfg, model, tok, specs[task], init=init, kind="base"))
-        sources = load_adapters(dirs)
-        grams = None
-        for method, hp in grid:
-            key = (init, "merged", method, hp_string(hp))
-            todo = [t for t in tasks if (key, t) not in done]
-            if not todo:
-                continue
-            needs_stats = METHODS[method].needs_stats
-            if needs_stats and grams is None:
-                grams = gram_lookup([stats_file(run_dir, t) for t in tasks], sources)
-            log.info("merging %s adapters: %s %s", init, method, hp_string(hp))
-            merged = merge_split(sources, method, cfg.merge.weights,
-                                 grams if needs_stats else None, hp)  # fmt: skip
-            if cfg.merge.save and distributed.is_main():
-                save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, sources,
-                            method, hp)  # fmt: skip
-            with merged_into(backbone, merged):
-                for task in todo:
-                    with use_head(backbone, heads[task]) as model:
-                        result = _score(cfg, model, tok, specs[task], init=init, kind="merged",
-                                        method=method, hp=hp_string(hp))  # fmt: skip
-                    _append(path, result)
+        for step in [*cfg.train.checkpoints, None]:
+            dirs = [
+                adapters[init, t] if step is None else budget_dir(run_dir, step, init, t)
+                for t in cfg.task_names
+            ]
+            _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
+                           init=init, step=step)  # fmt: skip
     distributed.barrier()
     return read_results(path)
+
+
+def _eval_adapters(
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    specs: Mapping[str, TaskSpec],
+    base: tuple[nn.Module, Any],
+    dirs: Sequence[Path],
+    grid: Sequence[tuple[str, dict[str, Any]]],
+    done: set,
+    **series: Any,
+) -> None:
+    """Base, individual and merged scores of one set of adapters (one per task, in task order)
+    whose results carry ``series`` (``init``, ``step``); settings in ``done`` are skipped."""
+    path, (backbone, tok), tasks = run_path(run_dir, RESULTS_FILE), base, cfg.task_names
+    init, step = series["init"], series["step"]
+    heads = {t: adapter_head(d) for t, d in zip(tasks, dirs, strict=True)}
+    for task, adapter_dir in zip(tasks, dirs, strict=True):
+        if ((init, "individual", "", "", step), task) not in done:
+            model, _ = load_adapter_model(cfg, adapter_dir, specs[task])
+            _append(path, _score(cfg, model, tok, specs[task], kind="individual", **series))
+        if ((init, "base", "", "", step), task) not in done:
+            with use_head(backbone, heads[task]) as model:
+                _append(path, _score(cfg, model, tok, specs[task], kind="base", **series))
+    sources = load_adapters(dirs)
+    grams = None
+    for method, hp in grid:
+        key = (init, "merged", method, hp_string(hp), step)
+        todo = [t for t in tasks if (key, t) not in done]
+        if not todo:
+            continue
+        needs_stats = METHODS[method].needs_stats
+        if needs_stats and grams is None:
+            grams = gram_lookup([stats_file(run_dir, t) for t in tasks], sources)
+        at = "" if step is None else f" at step {step}"
+        log.info("merging %s adapters%s: %s %s", init, at, method, hp_string(hp))
+        merged = merge_split(sources, method, cfg.merge.weights,
+                             grams if needs_stats else None, hp)  # fmt: skip
+        if cfg.merge.save and step is None and distributed.is_main():
+            save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, sources,
+                        method, hp)  # fmt: skip
+        with merged_into(backbone, merged):
+            for task in todo:
+                with use_head(backbone, heads[task]) as model:
+                    result = _score(cfg, model, tok, specs[task], kind="merged", method=method,
+                                    hp=hp_string(hp), **series)  # fmt: skip
+                _append(path, result)
 
 
 def interference_stage(

@@ -24,6 +24,11 @@ from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
 Matrices = Mapping[str, Mapping[str, Mapping[str, float]]]
 
 
+def result_columns(cfg: ExperimentConfig, rows: Sequence[Mapping]) -> dict[str, str]:
+    """The table's columns: with ``step`` when budgets were scored (blank: final adapters)."""
+    return table_columns(cfg.task_names, steps=any("step" in r for r in rows))
+
+
 def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices) -> str:
     tasks = cfg.task_names
     lines = [
@@ -34,7 +39,7 @@ def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Ma
         f"task's main metric on its `{cfg.eval.split}` split; `norm. avg` = mean over tasks of "
         "merged / individual score of the same init. osrm " + __version__ + ".",
         "",
-        markdown_table(rows, table_columns(tasks)),
+        markdown_table(rows, result_columns(cfg, rows)),
     ]
     if matrices:
         cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
@@ -71,7 +76,7 @@ def html_report(
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
         for p in images
     )
-    inter = ""
+    scores, inter = _html_table(rows, result_columns(cfg, rows)), ""
     if matrices:
         cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
         inter = "<h2>Interference ratios</h2>" + _html_table(interference_rows(matrices), cols)
@@ -85,7 +90,7 @@ def html_report(
         f"<style>{style}</style></head><body><h1>osrm results: {html.escape(cfg.run_dir)}</h1>"
         f"<p>Model {html.escape(cfg.model.name)}, tasks {html.escape(', '.join(tasks))}, "
         f"split {cfg.eval.split}, osrm {__version__}.</p>"
-        f"<h2>Scores</h2>{_html_table(rows, table_columns(tasks))}{inter}<h2>Plots</h2>{figures}"
+        f"<h2>Scores</h2>{scores}{inter}<h2>Plots</h2>{figures}"
         f"<h2>Config</h2><pre>{html.escape(dump_config(cfg))}</pre></body></html>\n"
     )
 
@@ -96,15 +101,16 @@ def report_stage(
     """Write every report artifact; return the table rows and the paths written."""
     tasks = cfg.task_names
     rows = results_table(results, tasks)
+    final = [r for r in rows if "step" not in r]  # the plots show the final adapters
     images = [
-        plot_scale_curves(rows, run_path(run_dir, PLOT_FILES["scale"])),
-        plot_best_bars(rows, tasks, run_path(run_dir, PLOT_FILES["best"])),
+        plot_scale_curves(final, run_path(run_dir, PLOT_FILES["scale"])),
+        plot_best_bars(final, tasks, run_path(run_dir, PLOT_FILES["best"])),
     ]
     if matrices:
         images.append(plot_interference(matrices, run_path(run_dir, PLOT_FILES["interference"])))
     texts = {
         "markdown": markdown_report(cfg, rows, matrices),
-        "csv": csv_table(rows, table_columns(tasks)),
+        "csv": csv_table(rows, result_columns(cfg, rows)),
         "html": html_report(cfg, rows, matrices, images),
     }
     paths = {k: write_text(run_path(run_dir, REPORT_FILES[k]), text) for k, text in texts.items()}

@@ -16,9 +16,10 @@ import torch
 from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
+from osrm.errors import OsrmError
 from osrm.inits import INITS
 from osrm.models import load_base
-from osrm.rundir import adapter_dir
+from osrm.rundir import adapter_dir, budget_dir
 from osrm.stages.statistics import ModeBases, TaskStats, solve_bases, subspace_options
 from osrm.stats import (
     StatsMeta,
@@ -29,16 +30,23 @@ from osrm.stats import (
 from osrm.tasks.batching import batches, encode
 from osrm.tasks.registry import load_task
 from osrm.tasks.spec import TaskSpec
-from osrm.train import train
+from osrm.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
 
 def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
     """Hash of what determines an adapter: model, LoRA and training settings, seed, parts."""
-    payload = [cfg.model.model_dump(), cfg.lora.model_dump(), cfg.train.model_dump(), cfg.seed]
+    # the budgets saved on the way do not change the adapter at the last step
+    train = cfg.train.model_dump(exclude={"checkpoints"})
+    payload = [cfg.model.model_dump(), cfg.lora.model_dump(), train, cfg.seed]
     blob = json.dumps([*payload, *map(str, parts)], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def budget_fingerprint(cfg: ExperimentConfig, task: str, init: str, prov: object, step: int) -> str:
+    """The fingerprint of an adapter saved at ``step`` of the run that ``run_fingerprint`` names."""
+    return run_fingerprint(cfg, task, init, prov, f"step={step}")
 
 
 def provenance(
@@ -70,7 +78,9 @@ def adapter_stage(
 
     An adapter directory counts as finished when its manifest verifies and its training
     record matches this config. OSRM inits start from the bases in ``solved`` (those of
-    :func:`~osrm.stages.statistics.subspace_stage`); a mode not there is solved here.
+    :func:`~osrm.stages.statistics.subspace_stage`); a mode not there is solved here. The
+    budgets of ``train.checkpoints`` go to ``budgets/<step>/<init>/<task>`` on the way; when only
+    some of them are missing, the run stops at the last one missing.
     """
     out = {}
     solved = solved or {}
@@ -80,7 +90,14 @@ def adapter_stage(
             path = adapter_dir(run_dir, init, task)
             prov = provenance(cfg, init, task, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
-            if finished_adapter(path, expected):
+            done = finished_adapter(path, expected)
+            budgets = {k: budget_dir(run_dir, k, init, task) for k in cfg.train.checkpoints}
+            budgets = {  # the budgets still to save
+                k: p
+                for k, p in budgets.items()
+                if not finished_adapter(p, budget_fingerprint(cfg, task, init, prov, k))
+            }
+            if done and not budgets:
                 log.info("adapter %s/%s: reusing %s", init, task, path)
             else:
                 log.info("adapter %s/%s: training", init, task)
@@ -90,7 +107,9 @@ def adapter_stage(
                     bases = solved.get(mode, {}).get(task)
                     if bases is None:
                         bases = solve_bases(cfg, stats_by_task, metas, task, mode)
-                train_task(cfg, spec, path, bases=bases, provenance=prov)
+                train_task(
+                    cfg, spec, path, bases=bases, provenance=prov, budgets=budgets, final=not done
+                )
             out[init, task] = path
     return out
 
@@ -102,6 +121,35 @@ def frozen_a_settings(train_cfg: TrainSection) -> TrainSection:
     return train_cfg.model_copy(update={k: v for k, v in update.items() if v is not None})
 
 
+def adapter_settings(train_cfg: TrainSection, freeze_a: bool, examples: int) -> TrainSection:
+    """The train settings of one adapter: those of a frozen A, and steps from ``epochs``."""
+    if freeze_a:  # B alone learns more slowly: it may get its own lr and step count
+        train_cfg = frozen_a_settings(train_cfg)
+    if train_cfg.epochs is not None:  # the paper trains for epochs: steps follow the task size
+        steps = math.ceil(train_cfg.epochs * examples / train_cfg.batch_size)
+        train_cfg = train_cfg.model_copy(update={"steps": steps})
+    return train_cfg
+
+
+def training_record(
+    cfg: ExperimentConfig,
+    train_cfg: TrainSection,
+    task: str,
+    init: str,
+    examples: int,
+    result: TrainResult,
+    fingerprint: str,
+) -> dict:
+    """``training.json``: what an adapter was trained with, its losses and its fingerprint."""
+    return {
+        "task": task, "init": init, "seed": cfg.seed, "model": cfg.model.name,
+        "train": train_cfg.model_dump(), "lora": cfg.lora.model_dump(),
+        "train_examples": examples, "steps": result.steps, "seconds": result.seconds,
+        "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
+        "fingerprint": fingerprint, "osrm_version": __version__,
+    }  # fmt: skip
+
+
 def train_task(
     cfg: ExperimentConfig,
     spec: TaskSpec,
@@ -110,12 +158,16 @@ def train_task(
     bases: dict[str, torch.Tensor] | None = None,
     provenance: Provenance | None = None,
     progress: bool = True,
+    budgets: Mapping[int, Path] | None = None,
+    final: bool = True,
 ) -> dict:
     """Train one task's adapter (peft default init, or OSRM ``bases``) and save it atomically.
 
     The base model and head are drawn with ``cfg.seed``, so every init of a task starts from
     the same head and sees the same batches. Checkpoints go to ``.<out_dir>.ckpt`` beside the
-    adapter and are removed once the adapter is saved.
+    adapter and are removed once the adapter is saved. ``budgets`` (step -> folder): the adapter
+    is also saved there at that step, its training record saying ``step``; with ``final=False``
+    the run stops at the last budget and ``out_dir`` (already finished) is left alone.
     """
     task = spec.name
     torch.manual_seed(cfg.seed)
@@ -138,23 +190,30 @@ def train_task(
 
     ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
     fingerprint = run_fingerprint(cfg, task, init, provenance)
-    train_cfg = cfg.train
-    if freeze_a:  # B alone learns more slowly: it may get its own lr and step count
-        train_cfg = frozen_a_settings(train_cfg)
-    if train_cfg.epochs is not None:  # the paper trains for epochs: steps follow the task size
-        steps = math.ceil(train_cfg.epochs * len(data) / train_cfg.batch_size)
-        train_cfg = train_cfg.model_copy(update={"steps": steps})
+    train_cfg = adapter_settings(cfg.train, freeze_a, len(data))
+    budgets = dict(budgets or {})
+    if budgets and max(budgets) > train_cfg.steps:  # steps from epochs: known only here
+        raise OsrmError(
+            f"train.checkpoints: step {max(budgets)} is beyond the {train_cfg.steps} steps of "
+            f"{task}'s {init} adapter"
+        )
+
+    def record(result: TrainResult, fingerprint: str) -> dict:
+        return training_record(cfg, train_cfg, task, init, len(data), result, fingerprint)
+
+    def save_budget(result: TrainResult) -> None:
+        step = result.steps
+        if distributed.is_main():  # every process trained the same weights; one writes them
+            budget = record(result, budget_fingerprint(cfg, task, init, provenance, step))
+            save_adapter(peft_model, budgets[step], provenance, {**budget, "step": step})
+
     result = train(peft_model, epoch_batches, train_cfg, checkpoint_dir=ckpt,
-                   fingerprint=fingerprint, progress=progress)  # fmt: skip
-    record = {
-        "task": task, "init": init, "seed": cfg.seed, "model": cfg.model.name,
-        "train": train_cfg.model_dump(), "lora": cfg.lora.model_dump(),
-        "train_examples": len(data), "steps": result.steps, "seconds": result.seconds,
-        "tokens": result.tokens, "resumed_from": result.resumed_from, "losses": result.losses,
-        "fingerprint": fingerprint, "osrm_version": __version__,
-    }  # fmt: skip
-    if distributed.is_main():  # every process trained the same weights; one writes them
-        save_adapter(peft_model, out_dir, provenance, record)
+                   fingerprint=fingerprint, progress=progress, budgets=budgets,
+                   on_budget=save_budget, stop_at=None if final else max(budgets))  # fmt: skip
+    out = record(result, fingerprint)
+    if distributed.is_main():
+        if final:
+            save_adapter(peft_model, out_dir, provenance, out)
         shutil.rmtree(ckpt, ignore_errors=True)
     distributed.barrier()
-    return record
+    return out
