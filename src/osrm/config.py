@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from osrm.errors import OsrmError
 from osrm.inits import INITS, MEAN_BASES, MODES, WEIGHTINGS
@@ -50,6 +56,8 @@ class ModelConfig(Section):
 
 
 class LoraSection(Section):
+    omit_when_default = frozenset({"a_subspace"})
+
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -59,6 +67,20 @@ class LoraSection(Section):
         min_length=1,
         description="; ".join(f"{name}: {init.doc}" for name, init in INITS.items()),
     )
+    a_subspace: int | None = Field(
+        None,
+        ge=1,
+        description="OSRM inits: A stays in the span of its basis' k best directions "
+        "(k >= rank; k = rank: A's row space fixed; null or k >= d_in: free A)",
+    )
+
+    @field_validator("a_subspace")
+    @classmethod
+    def _a_subspace(cls, value: int | None, info: ValidationInfo) -> int | None:
+        rank = info.data.get("rank")
+        if value is not None and rank is not None and value < rank:
+            raise ValueError(f"expected null or an integer >= lora.rank ({rank}), got {value}")
+        return value
 
 
 class StatsSection(Section):
@@ -80,7 +102,7 @@ class SubspaceSection(Section):
 class TrainSection(Section):
     """One explicit loop (osrm.train): AdamW, linear schedule with warm-up, accumulation."""
 
-    omit_when_default = frozenset({"checkpoints"})
+    omit_when_default = frozenset({"checkpoints", "interference_penalty"})
 
     steps: int = Field(300, ge=1, description="optimizer steps per adapter (unless epochs is set)")
     epochs: float | None = Field(
@@ -105,6 +127,11 @@ class TrainSection(Section):
         None, ge=1, description="steps of adapters whose A is frozen; null = steps"
     )
     checkpoint_every: int = Field(50, ge=0, description="steps between checkpoints; 0 = never")
+    interference_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="OSRM inits: loss += μ · mean over modules of E_other‖BAx‖² / E_own‖BAx‖²",
+    )
     checkpoints: list[Annotated[int, Field(ge=1)]] = Field(
         default_factory=list,
         description="budgets: steps at which the adapter is also saved (same schedule), increasing",

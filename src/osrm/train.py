@@ -74,6 +74,7 @@ def train(
     stop_at: int | None = None,
     budgets: Collection[int] = (),
     on_budget: Callable[[TrainResult], None] | None = None,
+    penalty: Callable[[], Tensor] | None = None,
 ) -> TrainResult:
     """Train ``model``'s trainable parameters for ``cfg.steps`` optimizer steps.
 
@@ -82,7 +83,9 @@ def train(
     ``cfg.batch_size / cfg.grad_accum`` examples, in the same order for the same epoch (seeded).
     ``checkpoint_dir`` is checkpointed every ``cfg.checkpoint_every`` steps and resumed from when
     its checkpoint has the same ``fingerprint`` (config, task, init). ``on_step(step, loss)``
-    runs after every optimizer step.
+    runs after every optimizer step. ``penalty()`` (e.g.
+    :func:`osrm.constraints.interference_penalty`) is added to every micro-batch's loss;
+    ``losses`` record the task loss alone.
 
     ``stop_at`` ends the run after that step, on the schedule of ``cfg.steps`` (the same
     trajectory, cut short). ``on_budget(result so far)`` runs at each step of ``budgets``; a
@@ -122,7 +125,7 @@ def train(
             # gradients are all-reduced only on the last micro-batch of a step
             with contextlib.nullcontext() if sync else acc.no_sync(wrapped), acc.autocast():
                 loss = wrapped(**local).loss / cfg.grad_accum
-                acc.backward(loss)
+                acc.backward(loss if penalty is None else loss + penalty() / cfg.grad_accum)
             pending += float(loss.detach())
             state.tokens += int(distributed.all_sum(float(local["attention_mask"].sum())))
             micro += 1

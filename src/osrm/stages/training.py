@@ -16,6 +16,7 @@ import torch
 from osrm import __version__, distributed
 from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config, save_adapter
 from osrm.config import ExperimentConfig, TrainSection
+from osrm.constraints import constrain_a, interference_penalty, penalty_moments
 from osrm.errors import OsrmError
 from osrm.inits import INITS
 from osrm.models import load_base
@@ -27,12 +28,15 @@ from osrm.stats import (
     module_fingerprints,
     stats_digest,
 )
+from osrm.subspace import osrm_directions
 from osrm.tasks.batching import batches, encode
 from osrm.tasks.registry import load_task
 from osrm.tasks.spec import TaskSpec
 from osrm.train import TrainResult, train
 
 log = logging.getLogger(__name__)
+
+Moments = tuple[torch.Tensor, torch.Tensor]  # (C_own, C_other) of one module, (d_in, d_in) each
 
 
 def run_fingerprint(cfg: ExperimentConfig, *parts: object) -> str:
@@ -102,16 +106,44 @@ def adapter_stage(
             else:
                 log.info("adapter %s/%s: training", init, task)
                 mode = prov.mode
-                bases = None  # peft's default init
+                bases = directions = moments = None  # peft's default init, A free, no penalty
                 if mode is not None:
                     bases = solved.get(mode, {}).get(task)
                     if bases is None:
                         bases = solve_bases(cfg, stats_by_task, metas, task, mode)
+                    directions, moments = keep_a_inputs(
+                        cfg, stats_by_task, metas, task, mode, bases
+                    )
                 train_task(
-                    cfg, spec, path, bases=bases, provenance=prov, budgets=budgets, final=not done
-                )
+                    cfg, spec, path, bases=bases, provenance=prov, budgets=budgets, final=not done,
+                    directions=directions, moments=moments,
+                )  # fmt: skip
             out[init, task] = path
     return out
+
+
+def keep_a_inputs(
+    cfg: ExperimentConfig,
+    stats_by_task: TaskStats,
+    metas: dict[str, StatsMeta],
+    task: str,
+    mode: str,
+    bases: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Moments] | None]:
+    """What ``lora.a_subspace`` and ``train.interference_penalty`` need for an OSRM init:
+    ``directions`` (module -> (k, d_in), None when off or k >= every d_in: A is free) and
+    ``moments`` (module -> (C_own, C_other), None when the penalty is 0)."""
+    k, directions = cfg.lora.a_subspace, None
+    if k is not None and k < max(b.shape[1] for b in bases.values()):
+        try:
+            directions = osrm_directions(stats_by_task, task, bases, k, mode, seed=cfg.seed,
+                                         metas=metas, **subspace_options(cfg))  # fmt: skip
+        except OsrmError as e:
+            raise OsrmError(f"lora.a_subspace {k}, subspace mode {mode!r}: {e}") from None
+    moments = None
+    if cfg.train.interference_penalty > 0:
+        moments = penalty_moments(stats_by_task, task, cfg.subspace.weighting)
+    return directions, moments
 
 
 def frozen_a_settings(train_cfg: TrainSection) -> TrainSection:
@@ -160,6 +192,8 @@ def train_task(
     progress: bool = True,
     budgets: Mapping[int, Path] | None = None,
     final: bool = True,
+    directions: Mapping[str, torch.Tensor] | None = None,
+    moments: Mapping[str, Moments] | None = None,
 ) -> dict:
     """Train one task's adapter (peft default init, or OSRM ``bases``) and save it atomically.
 
@@ -168,6 +202,8 @@ def train_task(
     adapter and are removed once the adapter is saved. ``budgets`` (step -> folder): the adapter
     is also saved there at that step, its training record saying ``step``; with ``final=False``
     the run stops at the last budget and ``out_dir`` (already finished) is left alone.
+    ``directions`` and ``moments`` (:func:`keep_a_inputs`) turn on ``lora.a_subspace`` and
+    ``train.interference_penalty``.
     """
     task = spec.name
     torch.manual_seed(cfg.seed)
@@ -178,6 +214,10 @@ def train_task(
     init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
     freeze_a = provenance.freeze_a if provenance else cfg.train.freeze_a
     peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=freeze_a)
+    if directions is not None:
+        constrain_a(peft_model, directions)
+    mu = cfg.train.interference_penalty
+    penalty = interference_penalty(peft_model, moments, mu) if moments is not None else None
     data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.train.max_train_examples)
     encoded = encode(data, tokenizer, cfg.train.max_length)
     micro = cfg.train.batch_size // cfg.train.grad_accum
@@ -209,7 +249,8 @@ def train_task(
 
     result = train(peft_model, epoch_batches, train_cfg, checkpoint_dir=ckpt,
                    fingerprint=fingerprint, progress=progress, budgets=budgets,
-                   on_budget=save_budget, stop_at=None if final else max(budgets))  # fmt: skip
+                   on_budget=save_budget, stop_at=None if final else max(budgets),
+                   penalty=penalty)  # fmt: skip
     out = record(result, fingerprint)
     if distributed.is_main():
         if final:
