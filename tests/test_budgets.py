@@ -26,6 +26,7 @@ from test_train import CFG, learnable, peft
 from tiny_workspace import make_workspace, tree
 
 TARGETS = ["query", "value"]
+SHORT = CFG.model_copy(update={"steps": 14, "checkpoint_every": 4})  # checkpoints at 4, 8, 12
 
 
 def weights(path: Path) -> bytes:
@@ -43,34 +44,34 @@ def saver(model, root: Path, seen: list[TrainResult]):
 
 
 def stopped_at(step: int, root: Path) -> tuple[TrainResult, Path]:
-    """A separate run on ``CFG``'s schedule, stopped after ``step``, its adapter saved."""
+    """A separate run on ``SHORT``'s schedule, stopped after ``step``, its adapter saved."""
     model = peft(make_tiny_bert, TARGETS)
-    result = train(model, learnable, CFG, stop_at=step, progress=False)
+    result = train(model, learnable, SHORT, stop_at=step, progress=False)
     return result, save_adapter(model, root / f"stopped{step}")
 
 
 def test_budget_equals_a_run_stopped_there_byte_for_byte(tmp_path):
     model, seen = peft(make_tiny_bert, TARGETS), []
-    full = train(model, learnable, CFG, budgets={7, 20}, on_budget=saver(model, tmp_path, seen),
+    full = train(model, learnable, SHORT, budgets={5, 10}, on_budget=saver(model, tmp_path, seen),
                  progress=False)  # fmt: skip
-    assert full.steps == 30 and [r.steps for r in seen] == [7, 20]
+    assert full.steps == 14 and [r.steps for r in seen] == [5, 10]
     for budget in seen:
         result, stopped = stopped_at(budget.steps, tmp_path)
         assert weights(tmp_path / str(budget.steps)) == weights(stopped)
-        # the same trajectory, cut short: same losses, and the schedule still that of 30 steps
+        # the same trajectory, cut short: same losses, and the schedule still that of 14 steps
         assert result.steps == budget.steps and result.losses == budget.losses
         assert budget.losses == full.losses[: budget.steps]
-    assert weights(tmp_path / "7") != weights(tmp_path / "20")  # it did train in between
+    assert weights(tmp_path / "5") != weights(tmp_path / "10")  # it did train in between
     final = save_adapter(model, tmp_path / "final")
-    assert weights(final) != weights(tmp_path / "20")
+    assert weights(final) != weights(tmp_path / "10")
 
 
 def test_a_run_stopped_at_k_keeps_the_full_schedule():
     """Stopping at k is not a k-step run: the warm-up and decay are those of ``steps``."""
     short = peft(make_tiny_bert, TARGETS)
-    train(short, learnable, CFG.model_copy(update={"steps": 7}), progress=False)
+    train(short, learnable, SHORT.model_copy(update={"steps": 5}), progress=False)
     cut = peft(make_tiny_bert, TARGETS)
-    train(cut, learnable, CFG, stop_at=7, progress=False)
+    train(cut, learnable, SHORT, stop_at=5, progress=False)
     pairs = zip(short.parameters(), cut.parameters(), strict=True)
     assert any(not torch.equal(a, b) for a, b in pairs)
 
@@ -78,34 +79,34 @@ def test_a_run_stopped_at_k_keeps_the_full_schedule():
 def test_interrupted_run_resumes_and_saves_the_same_budgets(tmp_path):
     straight, seen = peft(make_tiny_bert, TARGETS), []
     save = saver(straight, tmp_path / "a", seen)
-    train(straight, learnable, CFG, budgets={7, 20}, on_budget=save, progress=False)
+    train(straight, learnable, SHORT, budgets={5, 10}, on_budget=save, progress=False)
 
     def interrupt(step, loss):
-        if step == 17:
+        if step == 9:
             raise KeyboardInterrupt
 
     ckpt, out, got = tmp_path / "ckpt", tmp_path / "b", []
     first = peft(make_tiny_bert, TARGETS)
     with pytest.raises(KeyboardInterrupt):
-        train(first, learnable, CFG, checkpoint_dir=ckpt, budgets={7, 20}, progress=False,
+        train(first, learnable, SHORT, checkpoint_dir=ckpt, budgets={5, 10}, progress=False,
               on_budget=saver(first, out, got), on_step=interrupt)  # fmt: skip
-    assert [r.steps for r in got] == [7] and (out / "7").is_dir()  # last checkpoint: step 15
+    assert [r.steps for r in got] == [5] and (out / "5").is_dir()  # last checkpoint: step 8
     resumed = peft(make_tiny_bert, TARGETS, seed=123)  # other starting weights: all from ckpt
-    result = train(resumed, learnable, CFG, checkpoint_dir=ckpt, budgets={20}, progress=False,
+    result = train(resumed, learnable, SHORT, checkpoint_dir=ckpt, budgets={10}, progress=False,
                    on_budget=saver(resumed, out, got))  # fmt: skip
-    assert result.resumed_from == 15 and [r.steps for r in got] == [7, 20]
-    for step in (7, 20):
+    assert result.resumed_from == 8 and [r.steps for r in got] == [5, 10]
+    for step in (5, 10):
         assert weights(out / str(step)) == weights(tmp_path / "a" / str(step))
     # a budget before the checkpoint is still to be saved: the run starts over to pass it
     shutil.rmtree(ckpt)
     again = peft(make_tiny_bert, TARGETS)
     with pytest.raises(KeyboardInterrupt):
-        train(again, learnable, CFG, checkpoint_dir=ckpt, on_step=interrupt, progress=False)
-    shutil.rmtree(out / "7")
+        train(again, learnable, SHORT, checkpoint_dir=ckpt, on_step=interrupt, progress=False)
+    shutil.rmtree(out / "5")
     redo = peft(make_tiny_bert, TARGETS)  # as the stage builds it: the run's seeded start
-    result = train(redo, learnable, CFG, checkpoint_dir=ckpt, budgets={7}, progress=False,
+    result = train(redo, learnable, SHORT, checkpoint_dir=ckpt, budgets={5}, progress=False,
                    on_budget=saver(redo, out, got))  # fmt: skip
-    assert result.resumed_from == 0 and weights(out / "7") == weights(tmp_path / "a" / "7")
+    assert result.resumed_from == 0 and weights(out / "5") == weights(tmp_path / "a" / "5")
 
 
 @pytest.mark.parametrize(
@@ -244,14 +245,15 @@ def test_results_of_a_budget_are_normalised_by_the_budget_individuals(tmp_path):
 
 
 def test_run_scores_and_merges_every_budget(tmp_path):
-    config = make_workspace(tmp_path, merge={"methods": {"task_arithmetic": {"scale": 0.5}}})
+    merge = {"methods": {"task_arithmetic": {"scale": 0.5}}}
+    config = make_workspace(tmp_path, n_tasks=2, merge=merge)
     run = tmp_path / "run"
     assert main(["-q", "run", str(config), "train.checkpoints=[4]"]) == 0
     results = read_results(run / "results.jsonl")
     steps = {(r.init, r.kind, r.step) for r in results}
     kinds = ("base", "individual", "merged")
     assert steps == {(i, k, s) for i in ("lora", "osrm") for k in kinds for s in (4, None)}
-    assert len(results) == 2 * 3 * 2 * 3  # inits x kinds x (budget, final) x tasks
+    assert len(results) == 2 * 3 * 2 * 2  # inits x kinds x (budget, final) x tasks
     header = (run / "results.md").read_text().split("| init | step | model |")
     assert len(header) == 2  # the table has a step column
     before = tree(run)
