@@ -112,7 +112,7 @@ def adapter_stage(
                     if bases is None:
                         bases = solve_bases(cfg, stats_by_task, metas, task, mode)
                     directions, moments = keep_a_inputs(
-                        cfg, stats_by_task, metas, task, mode, bases
+                        bases, cfg, stats_by_task, metas, task, mode
                     )
                 train_task(
                     cfg, spec, path, bases=bases, provenance=prov, budgets=budgets, final=not done,
@@ -123,14 +123,14 @@ def adapter_stage(
 
 
 def keep_a_inputs(
+    bases: dict[str, torch.Tensor],
     cfg: ExperimentConfig,
     stats_by_task: TaskStats,
     metas: dict[str, StatsMeta],
     task: str,
     mode: str,
-    bases: dict[str, torch.Tensor],
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, Moments] | None]:
-    """What ``lora.a_subspace`` and ``train.interference_penalty`` need for an OSRM init:
+    """What ``lora.a_subspace`` and ``train.interference_penalty`` need for an OSRM init ``bases``:
     ``directions`` (module -> (k, d_in), None when off or k >= every d_in: A is free) and
     ``moments`` (module -> (C_own, C_other), None when the penalty is 0)."""
     k, directions = cfg.lora.a_subspace, None
