@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 from peft import PeftModel
+from safetensors.torch import load_file
 
 from conftest import make_tiny_bert
 from osrm.adapters import RECORD_FILE, save_adapter
@@ -166,9 +167,14 @@ def test_pipeline_saves_every_budget_as_a_plain_adapter(budget_run):
     config, runs = budget_run
     cfg = load_config(config)
     assert not (runs["none"] / "budgets").exists()
-    assert sorted(p.name for p in (runs["some"] / "budgets").iterdir()) == ["3", "8"]
+    assert sorted(p.name for p in (runs["some"] / "budgets").iterdir()) == ["0", "3", "8"]
     for init in ("lora", "osrm"):
         for task in ("low", "high"):
+            # budgets/0: the adapter as initialised, the reference for the drift of A
+            start = load_file(budget_dir(runs["some"], 0, init, task) / ADAPTER_WEIGHTS)
+            assert all(not w.any() for n, w in start.items() if "lora_B" in n)
+            first = json.loads((budget_dir(runs["some"], 0, init, task) / RECORD_FILE).read_text())
+            assert first["step"] == first["steps"] == 0 and first["losses"] == []
             final = adapter_dir(runs["some"], init, task)
             # the final adapter is the same with or without budgets on the way
             assert weights(final) == weights(adapter_dir(runs["none"], init, task))

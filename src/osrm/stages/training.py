@@ -83,7 +83,8 @@ def adapter_stage(
     An adapter directory counts as finished when its manifest verifies and its training
     record matches this config. OSRM inits start from the bases in ``solved`` (those of
     :func:`~osrm.stages.statistics.subspace_stage`); a mode not there is solved here. The
-    budgets of ``train.checkpoints`` go to ``budgets/<step>/<init>/<task>`` on the way; when only
+    budgets of ``train.checkpoints`` go to ``budgets/<step>/<init>/<task>`` on the way, with the
+    adapter as initialised (B = 0) in ``budgets/0/...``, the reference for A's drift; when only
     some of them are missing, the run stops at the last one missing.
     """
     out = {}
@@ -95,7 +96,8 @@ def adapter_stage(
             prov = provenance(cfg, init, task, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
             done = finished_adapter(path, expected)
-            budgets = {k: budget_dir(run_dir, k, init, task) for k in cfg.train.checkpoints}
+            steps = [0, *cfg.train.checkpoints] if cfg.train.checkpoints else []
+            budgets = {k: budget_dir(run_dir, k, init, task) for k in steps}
             budgets = {  # the budgets still to save
                 k: p
                 for k, p in budgets.items()
@@ -247,6 +249,11 @@ def train_task(
             budget = record(result, budget_fingerprint(cfg, task, init, provenance, step))
             save_adapter(peft_model, budgets[step], provenance, {**budget, "step": step})
 
+    if 0 in budgets:  # the initial adapter: what attach_lora built, before any checkpoint loads
+        save_budget(TrainResult(losses=[], steps=0, seconds=0.0, tokens=0, resumed_from=0))
+        del budgets[0]
+        if not budgets and not final:
+            return {}
     result = train(peft_model, epoch_batches, train_cfg, checkpoint_dir=ckpt,
                    fingerprint=fingerprint, progress=progress, budgets=budgets,
                    on_budget=save_budget, stop_at=None if final else max(budgets),
