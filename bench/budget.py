@@ -1,0 +1,137 @@
+"""Benchmark: does merge-readiness hold with training? (training budgets, issue 15)
+
+One `osrm run` per (seed, setting) on configs/offline-suite.yaml's model (all-MiniLM-L6-v2, r=8,
+query+value) and 6 real tasks of mixed kind (binary and 3/6-class classification, spam F1, the
+`vader_movies` regression and the `epistemic_reasoning` premise/hypothesis pair task). Each run
+trains its adapters for the largest budget at one fixed lr and saves the smaller budgets along the
+same trajectory (`train.checkpoints`); every budget is scored alone and merged with task
+arithmetic (λ grid), TIES, DARE-TIES and RegMean. Settings: the inits `lora`, `osrm`, `contrast`,
+then the two options that keep A where its init put it (`lora.a_subspace` = rank,
+`train.interference_penalty` = 1) on the OSRM-family init with the best merged average at the
+largest budget (TA and TIES, mean over seeds). Runs go two at a time, each single-threaded.
+
+Results: `bench/results/budget.json` (or --json), figures `docs/results/budget-<variant>-*.png`;
+`bench/report.py` turns them into docs/RESULTS.md. A finished run is reused on a rerun (its run
+directory and `job.json` stay under --run-root), so an interrupted study resumes.
+
+    python bench/budget.py            # about 3 hours on 2 CPU cores
+    python bench/budget.py --quick    # about 15 minutes: 4 tasks, 1 seed, short budgets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import budget_summary  # noqa: E402
+import common  # noqa: E402
+
+REPO = common.REPO
+CONFIG = REPO / "configs" / "offline-suite.yaml"
+TASKS = "rotten_tomatoes,trec,sms_spam,vader_movies,tweet_sentiment,epistemic_reasoning"
+GRID = (
+    "merge.methods={task_arithmetic: {scale: [0.2, 0.4, 0.6, 0.8, 1.0]}, "
+    "ties: {density: 0.2, scale: 1.0}, dare_ties: {density: 0.5, scale: 1.0}, "
+    "regmean: {alpha: 0.9}}"
+)
+COMMON = ["train.lr=2.0e-3", "train.batch_size=8", "train.max_length=48", "stats.max_length=48",
+          "subspace.modes=[cov, contrast]", "merge.save=false", GRID]  # fmt: skip
+INITS = ("lora", "osrm", "contrast")
+FAMILY = ("osrm", "contrast")  # the OSRM-family inits a variant may build on
+RANK = 8  # configs/offline-suite.yaml's lora.rank: a_subspace = rank keeps A's row space fixed
+VARIANTS = {"sub": [f"lora.a_subspace={RANK}"], "pen": ["train.interference_penalty=1.0"]}
+LIMITS = {
+    "full": {"seeds": [0, 1, 2], "tasks": TASKS, "steps": 1000, "checkpoints": [100, 300],
+             "overrides": ["stats.examples=128", "eval.max_eval_examples=200"]},
+    "quick": {"seeds": [0], "tasks": "rotten_tomatoes,trec,vader_movies,epistemic_reasoning",
+              "steps": 150, "checkpoints": [25, 75],
+              "overrides": ["stats.examples=64", "eval.max_eval_examples=100"]},
+    # not a result: checks the whole script in a few minutes
+    "smoke": {"seeds": [0, 1], "tasks": "trec,vader_movies", "steps": 6, "checkpoints": [2, 4],
+              "overrides": ["stats.examples=16", "eval.max_eval_examples=16"]},
+}  # fmt: skip
+
+
+def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Path) -> list[str]:
+    """The `osrm run` overrides of one job."""
+    return [
+        f"tasks=[{limits['tasks']}]", f"lora.inits=[{init}]", f"train.steps={limits['steps']}",
+        f"train.checkpoints={limits['checkpoints']}", *COMMON, *limits["overrides"], *extra,
+        f"seed={seed}", f"run_dir={run_dir}",
+    ]  # fmt: skip
+
+
+def run_job(label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path) -> dict:
+    """One `osrm run` in its own single-threaded process; its record (`job.json`) marks it done,
+    so a rerun reuses it."""
+    run_dir = root / f"seed{seed}-{label}"
+    marker = run_dir / "job.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())
+    args = overrides(limits, seed, init, extra, run_dir)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    log = root / f"seed{seed}-{label}.log"
+    with log.open("w") as out:
+        command = [sys.executable, "-m", "osrm", "-q", "run", str(CONFIG), *args]
+        proc = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"job seed{seed}-{label} failed (exit {proc.returncode}); see {log}")
+    job = {"label": label, "init": init, "seed": seed, "overrides": args,
+           "seconds": time.perf_counter() - start, "run_dir": str(run_dir)}  # fmt: skip
+    marker.write_text(json.dumps(job, indent=1) + "\n")
+    return job
+
+
+def run_jobs(jobs: list[tuple], limits: dict, root: Path, done: list[dict], save) -> None:
+    """Run (label, init, extra, seed) jobs two at a time; ``save(done)`` after each one."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(run_job, *job, limits, root) for job in jobs]
+        for future in futures:
+            done.append(future.result())
+            save(done)
+
+
+def main() -> dict:
+    parser = common.new_parser(__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-root", default=None)
+    common.add_json(parser, help="default: bench/results/budget[-VARIANT].json")
+    args = parser.parse_args()
+    name = next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
+    limits = LIMITS[name]
+    root = Path(args.run_root or REPO / "runs" / "bench" / f"budget-{name}")
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = "" if name == "full" else f"-{name}"
+    out = Path(args.json or common.RESULTS / f"budget{suffix}.json")
+    figures = REPO / "docs" / "results" if name != "smoke" else out.parent
+    start, done = time.perf_counter(), []
+
+    def save(jobs: list[dict]) -> dict:
+        result = budget_summary.summarise(name, limits, jobs, time.perf_counter() - start)
+        result["command"] = "python bench/budget.py" + ("" if name == "full" else f" --{name}")
+        budget_summary.plot(result, figures / f"budget-{name}")
+        common.write_json(out, result, indent=1)
+        return result
+
+    seeds = limits["seeds"]
+    run_jobs([(i, i, [], s) for s in seeds for i in INITS], limits, root, done, save)
+    best = budget_summary.best_family_init(save(done), FAMILY)
+    variants = [(f"{best}+{v}", best, extra, s) for s in seeds for v, extra in VARIANTS.items()]
+    run_jobs(variants, limits, root, done, save)
+    result = save(done)
+    print(f"wrote {out} ({result['wall_seconds']:.0f} s; variants on {best})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
