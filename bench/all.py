@@ -1,8 +1,8 @@
 """Run every benchmark in bench/, stamp each with its command, versions and wall time, then write
 docs/RESULTS.md from the raw JSON (`bench/report.py`). This is what `make bench` runs.
 
-    python bench/all.py             # the full suite (about 2 hours on 2 CPU cores)
-    python bench/all.py --quick     # quality --quick, small single-task run, the rest as is
+    python bench/all.py             # the full suite (about 5 hours on 2 CPU cores)
+    python bench/all.py --quick     # quality and budget --quick, a small single-task run, the rest
     python bench/all.py --only merge_speed,dist_stats   # a subset; other results are kept
 
 Each benchmark runs in its own process (so timings do not share a warm cache or thread pool)
@@ -33,19 +33,20 @@ SUITE = {
     "dist_stats": ("dist_stats.py", []),
     "single_task": ("single_task.py", SINGLE_TASK_LIMITS),
     "quality": ("quality.py", []),
+    "budget": ("budget.py", []),
     "decoder": ("decoder.py", []),
 }
 
 
 def result_name(name: str, quick: bool) -> str:
-    """quality and single_task have quick variants, kept beside the full results."""
-    return f"{name}-quick" if quick and name in ("quality", "single_task") else name
+    """quality, single_task and budget have quick variants, kept beside the full results."""
+    return f"{name}-quick" if quick and name in ("quality", "single_task", "budget") else name
 
 
 def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
     """Run one benchmark script; returns its stamp (command, wall time, exit status)."""
     out = (RESULTS / f"{result_name(name, quick)}.json").relative_to(REPO)
-    if quick and name == "quality":
+    if quick and name in ("quality", "budget"):
         extra = ["--quick"]
     if quick and name == "single_task":
         extra = [*QUICK_SINGLE_TASK, "--run-dir", "runs/bench/single_task-quick"]

@@ -117,7 +117,7 @@ def main() -> dict:
     start, done = time.perf_counter(), []
 
     def save(jobs: list[dict]) -> dict:
-        result = budget_summary.summarise(name, limits, jobs, time.perf_counter() - start)
+        result = budget_summary.summarise(name, limits, jobs, time.perf_counter() - start, COMMON)
         result["command"] = "python bench/budget.py" + ("" if name == "full" else f" --{name}")
         budget_summary.plot(result, figures / f"budget-{name}")
         common.write_json(out, result, indent=1)

@@ -101,8 +101,10 @@ def goal(rows: Sequence[Mapping], reference: str = "lora") -> dict:
     return out
 
 
-def summarise(name: str, limits: Mapping, jobs: Sequence[Mapping], seconds: float) -> dict:
-    """The benchmark's JSON from the finished jobs."""
+def summarise(
+    name: str, limits: Mapping, jobs: Sequence[Mapping], seconds: float, common: Sequence[str]
+) -> dict:
+    """The benchmark's JSON from the finished jobs (``common``: the overrides every run shares)."""
     tasks, steps = limits["tasks"].split(","), limits["steps"]
     rows = [r for j in jobs for r in job_rows(j, tasks, steps)]
     diag = [d for j in jobs for d in job_diagnostics(j, steps)]
@@ -113,7 +115,9 @@ def summarise(name: str, limits: Mapping, jobs: Sequence[Mapping], seconds: floa
     diag_pooled = pool(diag, ["label", "step"], ["drift_max_deg", *DIAGNOSTICS])
     table = headline(merged, single, diag_pooled)
     return {
-        "benchmark": "budget", "variant": name, "limits": dict(limits), "tasks": tasks,
+        "benchmark": "budget", "variant": name, "config": "configs/offline-suite.yaml",
+        "overrides": [*common, *limits["overrides"]], "seeds": limits["seeds"],
+        "finished_seeds": sorted({j["seed"] for j in jobs}), "limits": dict(limits), "tasks": tasks,
         "budgets": [*limits["checkpoints"], steps], "jobs": list(jobs), "merged": merged,
         "single": single, "diagnostics": diag_pooled, "headline": table, "goal": goal(table),
         "wall_seconds": seconds, "job_seconds": sum(j["seconds"] for j in jobs),
@@ -134,12 +138,17 @@ def best_family_init(result: Mapping, family: Sequence[str]) -> str:
 
 def _curve(ax, rows: Sequence[Mapping], value, title: str, ylabel: str) -> None:
     for label in dict.fromkeys(r["label"] for r in rows):
-        points = [(r["step"], value(r)) for r in rows if r["label"] == label and value(r)]
+        # step 0 (the init: drift 0, no interference) has no place on a log axis
+        points = [(r["step"], value(r)) for r in rows
+                  if r["label"] == label and r["step"] > 0 and value(r)]  # fmt: skip
         if points:
             x, y = zip(*sorted(points), strict=True)
             ax.errorbar(x, [p["mean"] for p in y], yerr=[p["spread"] for p in y], marker="o",
                         capsize=3, label=label)  # fmt: skip
+    steps = sorted({r["step"] for r in rows if r["step"] > 0})
     ax.set(xscale="log", xlabel="training steps", ylabel=ylabel, title=title)
+    ax.set_xticks(steps, [str(s) for s in steps])
+    ax.minorticks_off()
     ax.grid(alpha=0.3)
 
 
@@ -153,13 +162,13 @@ def plot(result: Mapping, prefix: Path) -> list[Path]:
     }  # fmt: skip
     prefix.parent.mkdir(parents=True, exist_ok=True)
     for name, specs in panels.items():
-        fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+        fig, axes = plt.subplots(2, 2, figsize=(11, 8), layout="constrained")
         for ax, (value, title, ylabel) in zip(axes.flat, specs, strict=True):
             _curve(ax, table, value, title, ylabel)
         axes.flat[0].legend(fontsize=8)
         fig.suptitle(f"budget study ({result['variant']}): mean ± spread over seeds")
         path = Path(f"{prefix}-{name}.png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
+        fig.savefig(path, dpi=100)
         plt.close(fig)
         paths.append(path)
     return paths

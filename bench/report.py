@@ -20,6 +20,7 @@ from pathlib import Path
 
 import common
 from osrm.artifacts import atomic_file
+from report_budget import budget_body
 from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
 from report_header import header, limits_body
@@ -54,6 +55,10 @@ def build(results: Path) -> str:
         lines += section("Quality, quick variant", lambda: quick_body(inputs, quick))
     if (gpu_data := gpu_run(results)) is not None:
         lines += section("Quality on one GPU", lambda: gpu_body(results, gpu_data))
+    lines += section("Does it hold with training?", lambda: optional(inputs, "budget", budget_body))
+    if (budget_quick := inputs.load("budget-quick")) is not None:
+        body = lambda: budget_body(inputs, budget_quick)  # noqa: E731
+        lines += section("Does it hold with training? Quick variant", body)
     lines += section("Decoder (SmolLM2-135M)", lambda: optional(inputs, "decoder", decoder_body))
     lines += section(
         "Single-task benchmark", lambda: optional(inputs, "single_task", single_task_body)

@@ -1,0 +1,112 @@
+"""docs/RESULTS.md (bench/report.py): "Does it hold with training?", the budget study
+(bench/budget.py): per budget, mean ± spread over seeds of the merged and single-task averages,
+the diagnostics, the goal check of issue 15 and the figures."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from osrm.report import markdown_table
+from report_common import FIGURES, Inputs, mean_spread, plural, shown, stamp
+
+METHODS = ("task_arithmetic", "ties", "dare_ties", "regmean")
+NOTES = Path(__file__).with_name("budget_interpretation.md")
+
+
+def _cell(row: Mapping, method: str, key: str) -> str:
+    entry = row.get(method)
+    if not entry:
+        return ""
+    hp = f" ({entry['hp']})" if method == "task_arithmetic" else ""
+    return mean_spread(entry.get(key)) + hp
+
+
+def headline_table(rows: Sequence[Mapping], key: str) -> str:
+    """One line per (step, setting): the individual average and each method's ``key``."""
+    table = [
+        {"step": r["step"], "label": r["label"], "individual": mean_spread(r["individual"]),
+         **{m: _cell(r, m, key) for m in METHODS}}
+        for r in sorted(rows, key=lambda r: (r["step"], r["label"]))
+    ]  # fmt: skip
+    columns = {"step": "steps", "label": "setting", "individual": "single-task avg",
+               **{m: m for m in METHODS}}  # fmt: skip
+    return markdown_table(table, columns)
+
+
+def diagnostics_table(rows: Sequence[Mapping]) -> str:
+    """Interference, drift of A from its init and the energies of A's row space per step."""
+    keys = {"interference": "interference", "drift_deg": "drift of A (deg)",
+            "own_energy": "own-task energy", "other_energy": "other-task energy"}  # fmt: skip
+    def cell(key: str, stat: Mapping | None) -> str:  # energies are fractions of a few %
+        if not stat or "energy" not in key:
+            return mean_spread(stat)
+        return f"{100 * stat['mean']:.2f} ± {100 * stat['spread']:.2f} %"
+
+    table = [
+        {"step": r["step"], "label": r["label"], **{k: cell(k, r.get(k)) for k in keys}}
+        for r in sorted(rows, key=lambda r: (r["step"], r["label"]))
+        if any(r.get(k) for k in keys)
+    ]
+    return markdown_table(table, {"step": "steps", "label": "setting", **keys})
+
+
+def goal_lines(goal: Mapping) -> list[str]:
+    """The goal check, one line per setting, with its worst margin."""
+    lines = []
+    for label, g in goal.items():
+        worst = min(g["checks"], key=lambda c: c["diff"] - max(0.02, c["spread"]), default=None)
+        if worst is None:
+            continue
+        verdict = "**met**" if g["met"] else "not met"
+        lines.append(
+            f"- `{label}`: {verdict}; its weakest point is {worst['method']} at "
+            f"{worst['step']} steps: {worst['diff']:+.3f} normalised average against `lora` "
+            f"(seed spreads added: {worst['spread']:.3f}), single-task avg "
+            f"{worst['single_diff']:+.3f}."
+        )
+    return lines
+
+
+def budget_body(inputs: Inputs, data: dict) -> list[str]:
+    """The section's lines from ``budget.json``."""
+    rows, variant = data["headline"], data.get("variant", "full")
+    name = "budget" if variant == "full" else f"budget-{variant}"
+    figures = [f"![{k}]({FIGURES}/budget-{variant}-{k}.png)" for k in ("merged", "diagnostics")]
+    labels = list(dict.fromkeys(j["label"] for j in data["jobs"]))
+    notes = NOTES.read_text().strip().splitlines() if NOTES.is_file() and variant == "full" else []
+    return [
+        stamp(inputs, name, data),
+        "",
+        f"{plural(len(data['tasks']), 'task')} ({', '.join(data['tasks'])}); budgets "
+        f"{', '.join(map(str, data['budgets']))} steps along one trajectory per run; settings "
+        f"{', '.join(f'`{x}`' for x in labels)}; "
+        f"{plural(len(data['jobs']), 'run')}. Cells: mean ± spread over seeds; task arithmetic "
+        "at the λ with the best mean normalised average (in parentheses). `+sub` = "
+        "`lora.a_subspace` = rank, `+pen` = `train.interference_penalty` = 1. Raw: "
+        f"`{shown(inputs.results / f'{name}.json')}`.",
+        "",
+        "Normalised merged average (merged / individual of the same setting and step):",
+        "",
+        headline_table(rows, "norm_avg"),
+        "",
+        "Absolute merged average:",
+        "",
+        headline_table(rows, "avg"),
+        "",
+        "Interference (mean off-diagonal ratio), drift of A from its initial row space (mean "
+        "principal angle) and the energy of A's row space on its own and the other tasks' inputs:",
+        "",
+        diagnostics_table(rows),
+        "",
+        "Goal (issue 15): a setting beats `lora` by at least 0.02 normalised average at every "
+        "budget for task arithmetic and TIES, by more than the two seed spreads added, with its "
+        "single-task average no more than 0.005 below:",
+        "",
+        *goal_lines(data["goal"]),
+        "",
+        *figures,
+        "",
+        *notes,
+        *([""] if notes else []),
+    ]
