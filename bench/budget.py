@@ -71,11 +71,14 @@ def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Pat
 
 def run_job(label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path) -> dict:
     """One `osrm run` in its own single-threaded process; its record (`job.json`) marks it done,
-    so a rerun reuses it."""
+    so a rerun reuses it. A done run without budget_diagnostics.json (made by an older osrm) runs
+    again: `osrm run` reuses its adapters and scores and writes the diagnostics; the recorded
+    seconds stay those of the first run."""
     run_dir = root / f"seed{seed}-{label}"
     marker = run_dir / "job.json"
-    if marker.is_file():
-        return json.loads(marker.read_text())
+    before = json.loads(marker.read_text()) if marker.is_file() else None
+    if before and (run_dir / "budget_diagnostics.json").is_file():
+        return before
     args = overrides(limits, seed, init, extra, run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
@@ -85,8 +88,9 @@ def run_job(label: str, init: str, extra: list[str], seed: int, limits: dict, ro
         proc = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:
         raise RuntimeError(f"job seed{seed}-{label} failed (exit {proc.returncode}); see {log}")
-    job = {"label": label, "init": init, "seed": seed, "overrides": args,
-           "seconds": time.perf_counter() - start, "run_dir": str(run_dir)}  # fmt: skip
+    seconds = before["seconds"] if before else time.perf_counter() - start
+    job = {"label": label, "init": init, "seed": seed, "overrides": args, "seconds": seconds,
+           "run_dir": str(run_dir)}  # fmt: skip
     marker.write_text(json.dumps(job, indent=1) + "\n")
     return job
 
