@@ -35,11 +35,13 @@ from osrm.merging import (
 from osrm.models import load_base, load_merged, load_model
 from osrm.report import (
     markdown_table,
+    read_budget_diagnostics,
     read_interference,
     read_results,
     subspace_table,
 )
 from osrm.rundir import (
+    BUDGET_DIAGNOSTICS_FILE,
     CONFIG_FILE,
     INTERFERENCE_FILE,
     RESULTS_FILE,
@@ -51,7 +53,7 @@ from osrm.rundir import (
     write_json,
 )
 from osrm.safety import require_safetensors
-from osrm.stages.evaluation import eval_stage, interference_stage
+from osrm.stages.evaluation import budget_stage, eval_stage, interference_stage
 from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage, result_columns
 from osrm.stages.statistics import stats_stage, subspace_stage
@@ -103,10 +105,15 @@ def _stages(cfg: ExperimentConfig, until: str) -> dict:
     matrices = interference_stage(cfg, adapters, stats)
     write_json(run_path(run_dir, INTERFERENCE_FILE), matrices)
     out.update(results=results, interference=matrices)
+    budgets = None
+    if cfg.train.checkpoints:  # cheap: recomputed from the saved adapters on every run
+        budgets = out["budgets"] = budget_stage(cfg, run_dir, adapters, stats)
+        path = run_path(run_dir, BUDGET_DIAGNOSTICS_FILE)
+        write_json(path, {"osrm_version": __version__, **budgets})
     if until == "eval":
         return out
     if distributed.is_main():  # the report is files only: one process writes it
-        out["report"] = report_stage(cfg, run_dir, results, matrices)
+        out["report"] = report_stage(cfg, run_dir, results, matrices, budgets)
     distributed.barrier()
     return out
 
@@ -150,8 +157,10 @@ def report(run_dir: str | Path) -> dict:
         )
     inter = run_dir / INTERFERENCE_FILE
     matrices = read_interference(inter) if inter.is_file() else {}
+    budget_file = run_dir / BUDGET_DIAGNOSTICS_FILE
+    budgets = read_budget_diagnostics(budget_file) if budget_file.is_file() else None
     with run_dir_locked(run_dir):
-        return report_stage(cfg, run_dir, results, matrices)["paths"]
+        return report_stage(cfg, run_dir, results, matrices, budgets)["paths"]
 
 
 def resolve_adapter(name: str) -> str:

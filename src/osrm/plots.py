@@ -1,4 +1,5 @@
-"""Report plots (matplotlib, PNG): λ-robustness curves, best-setting bars, interference maps."""
+"""Report plots (matplotlib, PNG): λ-robustness curves, best-setting bars, interference maps,
+and with train.checkpoints the scores, interference and drift of A against the step."""
 
 from __future__ import annotations
 
@@ -102,3 +103,54 @@ def plot_interference(
             ax.text(b, a, f"{grid[a][b]:.2f}", ha="center", va="center", fontsize=6, color="white")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8)
     return _save(fig, path)
+
+
+def _series(rows: Sequence[Mapping], init: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one init's rows where ``key`` has a finite value, by step."""
+    points = [(r["step"], r.get(key)) for r in rows if r["init"] == init]
+    return sorted((s, v) for s, v in points if v is not None and v == v)  # v == v: not NaN
+
+
+def _step_panels(
+    rows: Sequence[Mapping], panels: Sequence[tuple[str, Sequence[tuple[str, str]]]], path: Path
+) -> Path:
+    """One panel per ``(y label, [(key, line style), ...])``: each key against the training
+    step, one colour per init."""
+    inits = list(dict.fromkeys(r["init"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False,
+                             constrained_layout=True)  # fmt: skip
+    for ax, (ylabel, keys) in zip(axes[0], panels, strict=True):
+        for colour, init in enumerate(inits):
+            for key, style in keys:
+                points = _series(rows, init, key)
+                if points:
+                    label = init if len(keys) == 1 else f"{init}: {key}"
+                    ax.plot(*zip(*points, strict=True), style, color=f"C{colour}", label=label)
+        ax.set(xlabel="training step", ylabel=ylabel)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_budget_scores(rows: Sequence[Mapping], path: Path) -> Path:
+    """Best merged normalised and absolute averages against the step, one line per init."""
+    panels = [
+        ("best merged norm. avg", [("best_norm_avg", "o-")]),
+        ("best merged avg", [("best_avg", "o-")]),
+    ]
+    return _step_panels(rows, panels, path)
+
+
+def plot_budget_interference(rows: Sequence[Mapping], path: Path) -> Path:
+    """Mean off-diagonal interference ratio against the step, one line per init."""
+    return _step_panels(rows, [("mean interference ratio", [("interference", "o-")])], path)
+
+
+def plot_budget_drift(rows: Sequence[Mapping], path: Path) -> Path:
+    """Mean principal angle of A from its init (degrees), and the own (solid) and other tasks'
+    (dashed) input energy of A's row space, against the step."""
+    energies = [("own_energy", "o-"), ("other_energy", "s--")]
+    panels = [("drift of A from step 0 (mean angle, degrees)", [("drift_deg", "o-")]),
+              ("energy of A's row space", energies)]  # fmt: skip
+    return _step_panels(rows, panels, path)

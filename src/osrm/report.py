@@ -112,6 +112,26 @@ def read_interference(path: str | Path) -> dict[str, dict[str, dict[str, float]]
     return matrices
 
 
+_BUDGET_ROW = TypeAdapter(list[dict[str, str | int | float | None]])
+
+
+def read_budget_diagnostics(path: str | Path) -> dict[str, list[dict]]:
+    """``budget_diagnostics.json``: ``{"rows": [...], "per_task": [...]}``, checked."""
+    data = read_json(path, "budget diagnostics")
+    redo = "delete it and re-run `osrm run` to compute it again"
+    try:
+        out = {k: _BUDGET_ROW.validate_python(data.get(k)) for k in ("rows", "per_task")}
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise OsrmError(
+            f"{path}: not budget diagnostics (at {where}: {err['msg']}); {redo}"
+        ) from None
+    if any(not {"init", "step"} <= set(r) for r in out["rows"]):
+        raise OsrmError(f"{path}: a row without 'init' and 'step'; {redo}")
+    return out
+
+
 def _drop_partial_line(path: Path) -> None:
     """Cut an unterminated last line (an interrupted append) so new lines start cleanly."""
     data = path.read_bytes() if path.is_file() else b""

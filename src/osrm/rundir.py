@@ -84,10 +84,14 @@ def run_dir_locked(run_dir: Path) -> Iterator[None]:
 CONFIG_FILE = "config.yaml"
 RESULTS_FILE = "results.jsonl"
 INTERFERENCE_FILE = "interference.json"
+BUDGET_DIAGNOSTICS_FILE = "budget_diagnostics.json"  # only with train.checkpoints
 SUBSPACE_REPORT_FILE = "subspace_report.json"
 REPORT_FILES = {"markdown": "results.md", "csv": "results.csv", "html": "report.html"}
 PLOT_FILES = {
     "scale": "plot_scale.png", "best": "plot_best.png", "interference": "plot_interference.png",
+    # only with train.checkpoints: scores, interference and drift of A against the step
+    "budget_scores": "plot_budget_scores.png", "budget_interference":
+    "plot_budget_interference.png", "budget_drift": "plot_budget_drift.png",
 }  # fmt: skip
 STATS_DIR, ADAPTERS_DIR, MERGED_DIR = "stats", "adapters", "merged"
 BUDGETS_DIR = "budgets"  # budgets/<step>/<init>/<task>: the adapter saved at train.checkpoints

@@ -10,7 +10,14 @@ from pathlib import Path
 from osrm import __version__
 from osrm.config import ExperimentConfig, dump_config
 from osrm.diagnostics import summarise_interference
-from osrm.plots import plot_best_bars, plot_interference, plot_scale_curves
+from osrm.plots import (
+    plot_best_bars,
+    plot_budget_drift,
+    plot_budget_interference,
+    plot_budget_scores,
+    plot_interference,
+    plot_scale_curves,
+)
 from osrm.report import (
     Result,
     csv_table,
@@ -22,6 +29,21 @@ from osrm.report import (
 from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
 
 Matrices = Mapping[str, Mapping[str, Mapping[str, float]]]
+Budgets = Mapping[str, Sequence[Mapping]]  # budget_diagnostics.json: rows, per_task
+BUDGET_COLUMNS = {
+    "init": "init", "step": "step", "best_norm_avg": "best norm. avg", "best_avg": "best avg",
+    "task_arithmetic": "best task_arithmetic norm. avg", "ties": "best ties norm. avg",
+    "individual": "individual avg", "interference": "interference", "drift_deg": "drift (°)",
+    "own_energy": "own energy", "other_energy": "other energy",
+}  # fmt: skip
+BUDGET_NOTE = (
+    "Per init and training step (the final adapters at the step they trained; step 0: A as "
+    "initialised, not scored): the best normalised and absolute averages over every merge "
+    "setting, the best `task_arithmetic` and `ties` normalised averages, the individual "
+    "adapters' average, the mean off-diagonal interference ratio, the mean principal angle "
+    "between A and A at step 0, and the share of the own task's and the other tasks' input "
+    "energy captured by A's row space (averaged over tasks and modules)."
+)
 
 
 def result_columns(cfg: ExperimentConfig, rows: Sequence[Mapping]) -> dict[str, str]:
@@ -29,7 +51,43 @@ def result_columns(cfg: ExperimentConfig, rows: Sequence[Mapping]) -> dict[str, 
     return table_columns(cfg.task_names, steps=any("step" in r for r in rows))
 
 
-def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices) -> str:
+def _best(rows: Sequence[Mapping], key: str) -> float | None:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return max(values) if values else None
+
+
+def budget_table(rows: Sequence[Mapping], diagnostics: Sequence[Mapping]) -> list[dict]:
+    """One row per (init, step) of ``diagnostics``, with the scores of that step's adapters from
+    the results table ``rows``; the final adapters' rows (no ``step``) count at the last step
+    of their init's diagnostics (the step they trained)."""
+    final: dict[str, int] = {}
+    for d in diagnostics:
+        final[d["init"]] = max(final.get(d["init"], 0), d["step"])
+    out = []
+    for d in diagnostics:
+        init, step = d["init"], d["step"]
+        at = [r for r in rows if r["init"] == init and r.get("step", final[init]) == step]
+        merged = [r for r in at if r["model"] == "merged"]
+        individual = [r for r in at if r["model"] == "individual"]
+        row = {
+            "init": init,
+            "step": step,
+            "best_norm_avg": _best(merged, "norm_avg"),
+            "best_avg": _best(merged, "avg"),
+            "individual": _best(individual, "avg"),
+        }
+        for method in ("task_arithmetic", "ties"):
+            row[method] = _best([r for r in merged if r["method"] == method], "norm_avg")
+        out.append({**row, **{k: d.get(k) for k in BUDGET_COLUMNS if k not in row}})
+    return out
+
+
+def markdown_report(
+    cfg: ExperimentConfig,
+    rows: Sequence[Mapping],
+    matrices: Matrices,
+    budget_rows: Sequence[Mapping] = (),
+) -> str:
     tasks = cfg.task_names
     lines = [
         f"# osrm results: {cfg.run_dir}",
@@ -52,6 +110,9 @@ def markdown_report(cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Ma
             "",
             f"Mean off-diagonal ratio per init: {summary}.",
         ]
+    if budget_rows:
+        lines += ["", "## Training budgets", "", BUDGET_NOTE, "",
+                  markdown_table(budget_rows, BUDGET_COLUMNS)]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -67,7 +128,11 @@ def _html_table(rows: Sequence[Mapping], columns: Mapping[str, str]) -> str:
 
 
 def html_report(
-    cfg: ExperimentConfig, rows: Sequence[Mapping], matrices: Matrices, images: Sequence[Path]
+    cfg: ExperimentConfig,
+    rows: Sequence[Mapping],
+    matrices: Matrices,
+    images: Sequence[Path],
+    budget_rows: Sequence[Mapping] = (),
 ) -> str:
     """One page, no external resources: tables inline, PNGs as data URIs."""
     tasks = cfg.task_names
@@ -80,6 +145,11 @@ def html_report(
     if matrices:
         cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
         inter = "<h2>Interference ratios</h2>" + _html_table(interference_rows(matrices), cols)
+    if budget_rows:
+        inter += (
+            f"<h2>Training budgets</h2><p>{html.escape(BUDGET_NOTE.replace('`', ''))}</p>"
+            + _html_table(budget_rows, BUDGET_COLUMNS)
+        )
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -96,9 +166,14 @@ def html_report(
 
 
 def report_stage(
-    cfg: ExperimentConfig, run_dir: Path, results: Sequence[Result], matrices: Matrices
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    results: Sequence[Result],
+    matrices: Matrices,
+    budgets: Budgets | None = None,
 ) -> dict:
-    """Write every report artifact; return the table rows and the paths written."""
+    """Write every report artifact; return the table rows and the paths written. ``budgets``
+    (``budget_diagnostics.json``) adds the "Training budgets" table and its three plots."""
     tasks = cfg.task_names
     rows = results_table(results, tasks)
     final = [r for r in rows if "step" not in r]  # the plots show the final adapters
@@ -108,10 +183,14 @@ def report_stage(
     ]
     if matrices:
         images.append(plot_interference(matrices, run_path(run_dir, PLOT_FILES["interference"])))
+    steps = budget_table(rows, budgets["rows"]) if budgets else []
+    plots = {"budget_scores": plot_budget_scores, "budget_interference": plot_budget_interference,
+             "budget_drift": plot_budget_drift}  # fmt: skip
+    images += [plot(steps, run_path(run_dir, PLOT_FILES[k])) for k, plot in plots.items() if steps]
     texts = {
-        "markdown": markdown_report(cfg, rows, matrices),
+        "markdown": markdown_report(cfg, rows, matrices, steps),
         "csv": csv_table(rows, result_columns(cfg, rows)),
-        "html": html_report(cfg, rows, matrices, images),
+        "html": html_report(cfg, rows, matrices, images, steps),
     }
     paths = {k: write_text(run_path(run_dir, REPORT_FILES[k]), text) for k, text in texts.items()}
     return {"rows": rows, "paths": paths, "images": images}
