@@ -1,0 +1,90 @@
+"""Merge weights from statistics (``weights: auto``): no validation sweep, no labels.
+
+The task weights λ minimise the merged update's error on every task's inputs,
+
+    Σ_t E_{x~t} ‖Σ_j λ_j ΔW_j x − ΔW_t x‖²     (summed over modules, or per module),
+
+a least-squares problem in λ: with C_t the per-token second moment of task t's inputs,
+``G_jl = Σ_t tr(ΔW_j C_t ΔW_lᵀ)`` and ``b_j = Σ_t tr(ΔW_j C_t ΔW_tᵀ)``, λ solves
+``(G + ρI) λ = b + ρ u`` with u = 1/k (a ridge toward uniform weights; ρ relative to tr(G)/k).
+Adapters that act on mutually orthogonal inputs get λ = 1 (each keeps its own output, nothing
+leaks); k identical adapters get 1/k (their sum would count the update k times).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from osrm.errors import OsrmError
+
+RIDGE = 1e-4  # ρ = RIDGE · tr(G) / k: keeps λ defined when adapters are (nearly) collinear
+AUTO_MODES = ("auto", "auto-per-module")
+
+
+def normal_equations(deltas: Tensor, grams: Tensor) -> tuple[Tensor, Tensor]:
+    """G (k, k) and b (k,) of one module, float64; deltas (k, d_out, d_in), grams (k, d_in, d_in).
+
+    ``tr(ΔW_j C_t ΔW_lᵀ)`` for all j, l at once per t: (ΔW C_t) is one batched product.
+    """
+    deltas = deltas.double()
+    k = deltas.shape[0]
+    g = torch.zeros(k, k, dtype=torch.float64)
+    b = torch.zeros(k, dtype=torch.float64)
+    for t in range(grams.shape[0]):
+        weighted = deltas @ grams[t].double()  # (k, d_out, d_in): ΔW_j C_t
+        g += torch.einsum("jod,lod->jl", weighted, deltas)
+        b += torch.einsum("jod,od->j", weighted, deltas[t])
+    return g, b
+
+
+def solve_weights(g: Tensor, b: Tensor, ridge: float = RIDGE) -> Tensor:
+    """λ (k,) = (G + ρI)⁻¹ (b + ρ/k); ρ = ridge · tr(G)/k. A zero G (all updates silent on
+    every input) gives uniform 1/k."""
+    k = g.shape[0]
+    uniform = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    scale = float(torch.trace(g)) / k
+    if scale <= 0:
+        return uniform
+    rho = ridge * scale
+    if rho == 0:  # plain least squares; the minimum-norm solution if G is singular
+        return torch.linalg.lstsq(g, b.unsqueeze(1), driver="gelsd").solution.squeeze(1)
+    return torch.linalg.solve(g + rho * torch.eye(k, dtype=torch.float64), b + rho * uniform)
+
+
+def auto_weights(
+    modules: Iterable[tuple[str, Tensor]],
+    grams: Callable[[str], Tensor | None],
+    per_module: bool = False,
+    ridge: float = RIDGE,
+) -> dict[str, Tensor]:
+    """Module name -> λ (k,) float64 from ``(name, deltas (k, d_out, d_in))`` pairs and
+    ``grams(name)`` -> (k, d_in, d_in) per-token second moments (one per task, in the deltas'
+    order). One λ for all modules (the sums of their systems) unless ``per_module``.
+
+    Raises:
+        OsrmError: a module without statistics, or a non-finite solution.
+    """
+    systems = {}
+    for name, deltas in modules:
+        moments = grams(name)
+        if moments is None:
+            raise OsrmError(
+                f"weights auto: no statistics for module {name.removesuffix('.weight')!r}"
+            )
+        systems[name] = normal_equations(deltas, moments)
+    if not systems:
+        raise OsrmError("weights auto: no modules to weigh")
+    if per_module:
+        out = {name: solve_weights(g, b, ridge) for name, (g, b) in systems.items()}
+    else:
+        g = sum(g for g, _ in systems.values())
+        b = sum(b for _, b in systems.values())
+        shared = solve_weights(g, b, ridge)
+        out = dict.fromkeys(systems, shared)
+    for name, lam in out.items():
+        if not torch.isfinite(lam).all():
+            raise OsrmError(f"weights auto: no finite solution at module {name!r}")
+    return out

@@ -1,0 +1,73 @@
+"""Merge weights from statistics (osrm.merging.auto_weights): closed forms and a direct solve."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from osrm.errors import OsrmError
+from osrm.merging.auto_weights import auto_weights, normal_equations, solve_weights
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_adapters_on_orthogonal_inputs_get_weight_one():
+    """ΔW_j reads only coordinates S_j and task t's inputs live on S_t: nothing leaks, λ = 1."""
+    k, d, d_out = 3, 9, 5
+    deltas = torch.zeros(k, d_out, d, dtype=torch.float64)
+    grams = torch.zeros(k, d, d, dtype=torch.float64)
+    for j in range(k):
+        cols = slice(3 * j, 3 * j + 3)
+        deltas[j, :, cols] = torch.randn(d_out, 3, generator=gen(j), dtype=torch.float64)
+        x = torch.randn(20, 3, generator=gen(10 + j), dtype=torch.float64)
+        grams[j, cols, cols] = x.T @ x / 20
+    exact = auto_weights([("m.weight", deltas)], lambda _: grams, ridge=0.0)["m.weight"]
+    torch.testing.assert_close(exact, torch.ones(k, dtype=torch.float64))
+    ridged = auto_weights([("m.weight", deltas)], lambda _: grams)["m.weight"]
+    torch.testing.assert_close(ridged, torch.ones(k, dtype=torch.float64), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-4])
+def test_identical_adapters_get_one_over_k(ridge):
+    k, d = 4, 6
+    one = torch.randn(5, d, generator=gen(1), dtype=torch.float64)
+    deltas = one.expand(k, 5, d).clone()
+    x = torch.randn(k, 30, d, generator=gen(2), dtype=torch.float64)
+    grams = x.transpose(1, 2) @ x / 30
+    lam = auto_weights([("m.weight", deltas)], lambda _: grams, ridge=ridge)["m.weight"]
+    torch.testing.assert_close(lam, torch.full((k,), 1 / k, dtype=torch.float64))
+
+
+def test_equals_a_direct_least_squares_solve_over_modules():
+    """λ from the normal equations = lstsq on the stacked outputs ΔW_j X_tᵀ / √n_t."""
+    k, modules = 3, {"a.weight": (4, 7), "b.weight": (6, 5)}
+    deltas, xs = {}, {}
+    for i, (name, (d_out, d)) in enumerate(modules.items()):
+        deltas[name] = torch.randn(k, d_out, d, generator=gen(i), dtype=torch.float64)
+        xs[name] = [torch.randn(10 + t, d, generator=gen(50 + 10 * i + t), dtype=torch.float64)
+                    for t in range(k)]  # fmt: skip
+    grams = {n: torch.stack([x.T @ x / x.shape[0] for x in xs[n]]) for n in modules}
+    columns, target = [], []
+    for name in modules:
+        for t, x in enumerate(xs[name]):
+            outs = [(deltas[name][j] @ x.T / x.shape[0] ** 0.5).flatten() for j in range(k)]
+            columns.append(torch.stack(outs, 1))
+            target.append(outs[t])
+    direct = torch.linalg.lstsq(torch.cat(columns), torch.cat(target).unsqueeze(1)).solution
+    lam = auto_weights(deltas.items(), grams.__getitem__, ridge=0.0)
+    for name in modules:
+        torch.testing.assert_close(lam[name], direct.squeeze(1))
+    per_module = auto_weights(deltas.items(), grams.__getitem__, per_module=True, ridge=0.0)
+    assert not torch.allclose(per_module["a.weight"], per_module["b.weight"])
+    g, b = normal_equations(deltas["a.weight"], grams["a.weight"])
+    torch.testing.assert_close(per_module["a.weight"], torch.linalg.solve(g, b))
+
+
+def test_silent_adapters_and_missing_statistics():
+    zeros = torch.zeros(2, 3, 4, dtype=torch.float64)
+    lam = solve_weights(*normal_equations(zeros, torch.eye(4, dtype=torch.float64).expand(2, 4, 4)))
+    torch.testing.assert_close(lam, torch.full((2,), 0.5, dtype=torch.float64))
+    with pytest.raises(OsrmError, match="no statistics for module 'x'"):
+        auto_weights([("x.weight", zeros)], lambda _: None)
