@@ -177,6 +177,13 @@ def test_budget_diagnostics_file(runs):
         if r["step"] == 8:  # the final adapters: the same numbers as interference.json
             assert r["interference"] == final[r["init"]]
         assert 0 < r["other_energy"] < 1 and 0 < r["own_energy"] < 1
+    # at step 0 A is the OSRM basis: the energies of subspace_report.json (float64 basis, here
+    # read back from float32 weights: 1e-5 relative is ~100 float32 eps)
+    init_mode = json.loads((out["some"] / "subspace_report.json").read_text())["modes"]["cov"]
+    start = {r["task"]: r for r in data["per_task"] if r["init"] == "osrm" and r["step"] == 0}
+    for r in init_mode:
+        assert start[r["task"]]["own_energy"] == pytest.approx(r["own"], rel=1e-5, abs=0)
+        assert start[r["task"]]["other_energy"] == pytest.approx(r["other"], rel=1e-5, abs=0)
     osrm0 = next(r for r in data["rows"] if r["init"] == "osrm" and r["step"] == 0)
     lora0 = next(r for r in data["rows"] if r["init"] == "lora" and r["step"] == 0)
     assert osrm0["other_energy"] < lora0["other_energy"]  # what OSRM's init is for
