@@ -11,11 +11,13 @@ import torch
 import yaml
 
 from osrm.cli import main
+from osrm.config import load_config
 from osrm.diagnostics import energy, summarise_interference
 from osrm.drift import Snapshot, budget_diagnostics, principal_angles, row_space, subspace_energy
-from osrm.rundir import PLOT_FILES
+from osrm.rundir import PLOT_FILES, adapter_dir
+from osrm.stages.evaluation import budget_stage
 from osrm.stages.reporting import budget_table
-from osrm.stats import LayerStats
+from osrm.stats import LayerStats, load_stats
 from tiny_workspace import make_workspace, tree
 
 BUDGET_PLOTS = ("budget_scores", "budget_interference", "budget_drift")
@@ -187,6 +189,20 @@ def test_budget_diagnostics_file(runs):
     osrm0 = next(r for r in data["rows"] if r["init"] == "osrm" and r["step"] == 0)
     lora0 = next(r for r in data["rows"] if r["init"] == "lora" and r["step"] == 0)
     assert osrm0["other_energy"] < lora0["other_energy"]  # what OSRM's init is for
+
+
+def test_final_interference_recomputed_equals_interference_json(runs):
+    """The pipeline hands the final adapters' matrices to the budget stage; computed afresh
+    from the saved adapters they give the same rows (and interference.json's means)."""
+    _, out = runs
+    run = out["some"]
+    cfg = load_config(run / "config.yaml")
+    stats = {t: load_stats(run / "stats" / f"{t}.safetensors")[0] for t in cfg.task_names}
+    adapters = {(i, t): adapter_dir(run, i, t) for i in cfg.lora.inits for t in cfg.task_names}
+    fresh = budget_stage(cfg, run, adapters, stats)
+    assert fresh == {k: v for k, v in diagnostics(run).items() if k != "osrm_version"}
+    final = summarise_interference(json.loads((run / "interference.json").read_text()))
+    assert {r["init"]: r["interference"] for r in fresh["rows"] if r["step"] == 8} == final
 
 
 def test_a_subspace_at_rank_does_not_drift(runs):

@@ -59,11 +59,13 @@ def subspace_energy(a: Tensor, c: Tensor) -> float:
 class Snapshot:
     """Every task's adapter at one point of training: ``factors`` task -> module -> (s·B
     (d_out, r), A (r, d_in)); ``task_steps`` where a task's own step differs from ``step``
-    (final adapters trained for ``train.epochs``)."""
+    (final adapters trained for ``train.epochs``); ``matrix``: their interference ratios if
+    already computed (``interference.json`` for the final adapters), else computed here."""
 
     step: int
     factors: Factors
     task_steps: Mapping[str, int] = field(default_factory=dict)
+    matrix: Mapping[str, Mapping[str, float]] | None = None
 
 
 def _module_row(a0: Tensor, a: Tensor, c_own: Tensor, c_other: Tensor) -> dict[str, float]:
@@ -85,11 +87,13 @@ def _mean(rows: Sequence[Mapping[str, float | None]], keys: Sequence[str]) -> di
     return out
 
 
-def _interference(factors: Factors, stats_by_task: StatsByTask) -> tuple[float, dict[str, float]]:
+def _interference(snap: Snapshot, stats_by_task: StatsByTask) -> tuple[float, dict[str, float]]:
     """The mean off-diagonal ratio (as :func:`summarise_interference`) and, per adapter j, the
     mean of its ratios on the other tasks' inputs."""
-    deltas = {t: {m: b @ a for m, (b, a) in mods.items()} for t, mods in factors.items()}
-    matrix = interference_matrix(deltas, stats_by_task)
+    matrix = snap.matrix
+    if matrix is None:
+        deltas = {t: {m: b @ a for m, (b, a) in f.items()} for t, f in snap.factors.items()}
+        matrix = interference_matrix(deltas, stats_by_task)
     per_task = {}
     for j, row in matrix.items():
         off = [v for t, v in row.items() if t != j]
@@ -151,7 +155,7 @@ def budget_diagnostics(
     for snap in sorted(snapshots, key=lambda s: s.step):
         mean, by_task = None, {}
         if snap.step > 0:
-            mean, by_task = _interference(snap.factors, stats_by_task)
+            mean, by_task = _interference(snap, stats_by_task)
         mine = _snapshot_rows(snap, start, moments, by_task)
         per_task += [{"init": init, **r} for r in mine]
         rows.append(

@@ -107,7 +107,7 @@ def _stages(cfg: ExperimentConfig, until: str) -> dict:
     out.update(results=results, interference=matrices)
     budgets = None
     if cfg.train.checkpoints:  # cheap: recomputed from the saved adapters on every run
-        budgets = out["budgets"] = budget_stage(cfg, run_dir, adapters, stats)
+        budgets = out["budgets"] = budget_stage(cfg, run_dir, adapters, stats, matrices)
         path = run_path(run_dir, BUDGET_DIAGNOSTICS_FILE)
         write_json(path, {"osrm_version": __version__, **budgets})
     if until == "eval":

@@ -258,9 +258,11 @@ def budget_stage(
     run_dir: Path,
     adapters: Mapping[tuple[str, str], Path],
     stats_by_task: TaskStats,
+    matrices: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> dict[str, list[dict]]:
     """Drift, energies and interference at every budget (``budgets/0`` = A as initialised) and
-    of the final adapters, placed at the steps their ``training.json`` records.
+    of the final adapters, placed at the steps their ``training.json`` records; ``matrices``
+    (:func:`interference_stage`'s, per init) spare computing the final adapters' ratios again.
 
     Returns ``{"rows": [...], "per_task": [...]}`` (:func:`osrm.drift.budget_diagnostics`); a
     checkpoint at the final step gives one row (the final adapters')."""
@@ -273,9 +275,8 @@ def budget_stage(
         steps = {t: read_json(adapters[init, t] / RECORD_FILE, "training record")["steps"]
                  for t in cfg.task_names}  # fmt: skip
         final = max(steps.values())  # tasks differ only with train.epochs
-        snapshots[final] = Snapshot(
-            final, {t: _factors(adapters[init, t]) for t in cfg.task_names}, steps
-        )
+        factors = {t: _factors(adapters[init, t]) for t in cfg.task_names}
+        snapshots[final] = Snapshot(final, factors, steps, (matrices or {}).get(init))
         sub = cfg.subspace
         got = budget_diagnostics(
             init,
