@@ -108,6 +108,8 @@ def test_budget_diagnostics_on_hand_made_adapters():
         s / 2
     )
     assert rows[1]["own_energy"] == pytest.approx(((c + 1) / 2 + s / 2) / 2)
+    with pytest.raises(ValueError, match="no snapshot at step 0"):
+        budget_diagnostics("x", [snap(5, a1)], by_task)
     # the same ΔW for both tasks: each responds to the other's inputs as much as to its own
     assert rows[1]["interference"] == pytest.approx(1.0) and a_5["interference"] == pytest.approx(
         1.0

@@ -140,7 +140,10 @@ def budget_diagnostics(
         ``"task"`` (its adapter's mean ratio on the other tasks' inputs); ``interference`` is
         None at step 0 (B = 0: no response at all).
     """
-    start = {s.step: s for s in snapshots}[0].factors
+    by_step = {s.step: s for s in snapshots}
+    if 0 not in by_step:
+        raise ValueError(f"no snapshot at step 0 (A as initialised) among steps {sorted(by_step)}")
+    start = by_step[0].factors
     moments = {  # C_i and C_{-i} (d_in, d_in) per task and module, the same at every step
         task: {
             module: (
