@@ -69,5 +69,46 @@ def test_silent_adapters_and_missing_statistics():
     zeros = torch.zeros(2, 3, 4, dtype=torch.float64)
     lam = solve_weights(*normal_equations(zeros, torch.eye(4, dtype=torch.float64).expand(2, 4, 4)))
     torch.testing.assert_close(lam, torch.full((2,), 0.5, dtype=torch.float64))
-    with pytest.raises(OsrmError, match="no statistics for module 'x'"):
+    with pytest.raises(OsrmError, match="no module has input statistics"):
         auto_weights([("x.weight", zeros)], lambda _: None)
+
+
+def test_auto_weights_on_real_adapters_every_output(tmp_path):
+    """``weights="auto"``: the λ of the closed form on the adapters' ΔW and Grams, used by TA
+    (dense and exact LoRA output) and TIES; per module in the manifest when it varies."""
+    from osrm.merging import lora_deltas, merge_adapters, read_manifest, save_merged_adapter
+    from osrm.stats import load_stats
+    from test_merging_adapters import make_adapter, stats_file
+
+    paths = [make_adapter(tmp_path / t, s)[0] for t, s in (("a", 1), ("b", 2), ("c", 3))]
+    stats = [stats_file(tmp_path, t, 10 + i) for i, t in enumerate("abc")]
+    sources = [lora_deltas(p) for p in paths]
+    loaded = [load_stats(p)[0] for p in stats]
+    names = sorted(sources[0])
+
+    def grams(name):
+        module = name.removesuffix(".weight")
+        return torch.stack([s[module].xtx.double() / s[module].count for s in loaded])
+
+    stacked = [(n, torch.stack([s[n] for s in sources])) for n in names]
+    shared = auto_weights(stacked, grams)[names[0]]
+    per_module = auto_weights(stacked, grams, per_module=True)
+    merged = merge_adapters(paths, "task_arithmetic", "auto", stats=stats, scale=1.0)
+    for name in names:
+        expected = sum(float(shared[j]) * sources[j][name] for j in range(3))
+        torch.testing.assert_close(merged[name], expected, rtol=1e-5, atol=1e-6)
+    ties = merge_adapters(paths, "ties", "auto-per-module", stats=stats, density=0.5)
+    plain = merge_adapters(paths, "ties", [1.0, 1.0, 1.0], density=0.5)
+    assert any(not torch.allclose(ties[n], plain[n]) for n in names)
+    out = save_merged_adapter(paths, tmp_path / "lora", "task_arithmetic", "auto-per-module",
+                              stats=stats)  # fmt: skip
+    result = lora_deltas(out.path)
+    for name in names:
+        expected = sum(float(per_module[name][j]) * sources[j][name] for j in range(3))
+        torch.testing.assert_close(result[name], expected, rtol=1e-5, atol=1e-6)
+    recorded = read_manifest(out.path)["weights"]
+    assert recorded == {n: [float(x) for x in per_module[n]] for n in names}
+    with pytest.raises(OsrmError, match="weights auto: needs statistics"):
+        merge_adapters(paths, "task_arithmetic", "auto")
+    with pytest.raises(OsrmError, match="weights: expected numbers or one of"):
+        merge_adapters(paths, "task_arithmetic", "best", stats=stats)

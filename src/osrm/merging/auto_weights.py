@@ -62,28 +62,26 @@ def auto_weights(
 ) -> dict[str, Tensor]:
     """Module name -> λ (k,) float64 from ``(name, deltas (k, d_out, d_in))`` pairs and
     ``grams(name)`` -> (k, d_in, d_in) per-token second moments (one per task, in the deltas'
-    order). One λ for all modules (the sums of their systems) unless ``per_module``.
+    order). One λ for all modules (from the sum of their systems) unless ``per_module``; a
+    module without statistics (``grams`` gives None, e.g. a LayerNorm of a full fine-tune) takes
+    the shared λ.
 
     Raises:
-        OsrmError: a module without statistics, or a non-finite solution.
+        OsrmError: no module has statistics, or a non-finite solution.
     """
-    systems = {}
+    systems, names = {}, []
     for name, deltas in modules:
+        names.append(name)
         moments = grams(name)
-        if moments is None:
-            raise OsrmError(
-                f"weights auto: no statistics for module {name.removesuffix('.weight')!r}"
-            )
-        systems[name] = normal_equations(deltas, moments)
+        if moments is not None:
+            systems[name] = normal_equations(deltas, moments)
     if not systems:
-        raise OsrmError("weights auto: no modules to weigh")
-    if per_module:
-        out = {name: solve_weights(g, b, ridge) for name, (g, b) in systems.items()}
-    else:
-        g = sum(g for g, _ in systems.values())
-        b = sum(b for _, b in systems.values())
-        shared = solve_weights(g, b, ridge)
-        out = dict.fromkeys(systems, shared)
+        raise OsrmError("weights auto: no module has input statistics")
+    g = sum(g for g, _ in systems.values())
+    b = sum(b for _, b in systems.values())
+    shared = solve_weights(g, b, ridge)
+    out = {n: solve_weights(*systems[n], ridge) if per_module and n in systems else shared
+           for n in names}  # fmt: skip
     for name, lam in out.items():
         if not torch.isfinite(lam).all():
             raise OsrmError(f"weights auto: no finite solution at module {name!r}")

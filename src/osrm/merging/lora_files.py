@@ -16,9 +16,10 @@ from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
 
 
 def concat_factors(
-    sources: Sequence[LoraDeltas], coeffs: Tensor
+    sources: Sequence[LoraDeltas], coeffs: Tensor | Mapping[str, Tensor]
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Module -> B (d_out, Σ r_i), A (Σ r_i, d_in) with B A = Σ c_i s_i B_i A_i exactly.
+    """Module -> B (d_out, Σ r_i), A (Σ r_i, d_in) with B A = Σ c_i s_i B_i A_i exactly
+    (``coeffs``: k coefficients, or module -> k coefficients).
 
     The outputs are allocated first and filled one adapter at a time, so only one adapter
     file is mapped at once (a missing module is a zero delta: it adds no rank).
@@ -30,10 +31,15 @@ def concat_factors(
         d_out, d_in = having[0].shape(name)
         out[name] = (torch.empty(d_out, rank), torch.empty(rank, d_in))
         filled[name] = 0
-    for source, c in zip(sources, coeffs.tolist(), strict=True):
+
+    def coeff(name: str, i: int) -> float:
+        return float((coeffs[name] if isinstance(coeffs, Mapping) else coeffs)[i])
+
+    for i, source in enumerate(sources):
         with source.opened():
             for name in source:
                 b, a = source.factors(name)
+                c = coeff(name, i)
                 lo, hi = filled[name], filled[name] + a.shape[0]
                 torch.mul(b, c, out=out[name][0][:, lo:hi])
                 out[name][1][lo:hi].copy_(a)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor
 
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
+from osrm.merging.auto_weights import AUTO_MODES, auto_weights
 from osrm.merging.deltas import LoraDeltas
 from osrm.merging.loading import coverage_gaps, load_adapters
 from osrm.merging.methods import weight_average
@@ -37,6 +38,35 @@ def task_weights(weights: Sequence[float] | Tensor | None, k: int) -> Tensor:
     if w.numel() != k or not torch.isfinite(w).all():
         raise OsrmError(f"weights: expected {k} finite numbers (one per task), got {weights}")
     return w
+
+
+Weights = Sequence[float] | Tensor | Mapping[str, Tensor] | str | None
+
+
+def weights_for(weights: Weights, k: int) -> Callable[[str], Tensor]:
+    """Module name -> its (k,) weights: one vector for all, or a per-module mapping (auto)."""
+    if isinstance(weights, str):
+        raise OsrmError(f"weights {weights!r}: resolve it first (resolve_weights)")
+    if isinstance(weights, Mapping):
+        per_module = {name: task_weights(w, k) for name, w in weights.items()}
+        return per_module.__getitem__
+    shared = task_weights(weights, k)
+    return lambda _name: shared
+
+
+def resolve_weights(
+    weights: Weights, sources: Sequence[Mapping[str, Tensor]], grams: GramLookup | None
+) -> Sequence[float] | Tensor | Mapping[str, Tensor] | None:
+    """``"auto"`` / ``"auto-per-module"`` -> module -> λ from the statistics
+    (:mod:`osrm.merging.auto_weights`); anything else is returned as is."""
+    if not isinstance(weights, str):
+        return weights
+    if weights not in AUTO_MODES:
+        raise OsrmError(f"weights: expected numbers or one of {list(AUTO_MODES)}, got {weights!r}")
+    if grams is None:
+        raise OsrmError(f"weights {weights}: needs statistics, one file per adapter (--stats)")
+    modules = ((name, _stack(sources, name)) for name in sorted(set().union(*sources)))
+    return auto_weights(modules, grams, per_module=weights == "auto-per-module")
 
 
 def module_seed(seed: int, name: str) -> int:
@@ -81,9 +111,10 @@ def iter_merged(
         sources: k mappings name -> delta (e.g. :func:`lora_deltas`, :func:`full_deltas`);
             a name missing from some sources is a zero delta there.
         method: a key of ``METHODS``.
-        weights: k task weights (default 1 each).
-        grams: methods that ``needs_stats`` only: ``grams(name, gram)`` -> (k, d_in, d_in)
-            Gram matrices (``gram``: the method's ``"mean"`` or ``"sum"``, see
+        weights: k task weights (default 1 each), a mapping module -> k weights, or
+            ``"auto"`` / ``"auto-per-module"`` (from ``grams``, see :func:`resolve_weights`).
+        grams: methods that ``needs_stats`` and auto weights only: ``grams(name, gram)`` ->
+            (k, d_in, d_in) Gram matrices (``gram``: the method's ``"mean"`` or ``"sum"``, see
             :class:`GramLookup`), or None for a parameter without statistics (then averaged with
             ``weight_average``, as in the RegMean paper for non-linear parameters).
         **hp: the method's hyperparameters. For ``random`` methods ``seed`` (default 0) is turned
@@ -96,7 +127,8 @@ def iter_merged(
         raise OsrmError("grams are per module: pass statistics (stats=...) instead")
     if m.needs_stats and grams is None:
         raise OsrmError(f"{method} needs input statistics: pass stats=[one per task]")
-    w = task_weights(weights, len(sources))
+    weights = resolve_weights(weights, sources, grams)
+    w_of = weights_for(weights, len(sources))
     seed = hp.pop("seed", None)
     bad_seed = isinstance(seed, bool) or not isinstance(seed, int) or "generator" in hp
     if seed is not None and bad_seed:
@@ -106,7 +138,7 @@ def iter_merged(
         some = dict(list(gaps.items())[:3])
         log.warning("%d modules missing from some task vectors (zero there): %s", len(gaps), some)
     for name in sorted(set().union(*sources)):
-        deltas = _stack(sources, name)
+        deltas, w = _stack(sources, name), w_of(name)
         extra = {}
         if m.random and "generator" not in hp:
             extra["generator"] = torch.Generator().manual_seed(module_seed(seed or 0, name))
@@ -264,10 +296,19 @@ def gram_lookup(
     return GramLookup(loaded, adapters)
 
 
+def check_stats_use(method: str, weights: Weights, stats: Sequence | None) -> None:
+    """Statistics serve the methods that ``needs_stats`` and auto weights, nothing else."""
+    if stats is not None and not get_method(method).needs_stats and not isinstance(weights, str):
+        raise OsrmError(
+            f"stats are only used by {methods_with('needs_stats')} and by weights "
+            f"{list(AUTO_MODES)}, not by {method!r}"
+        )
+
+
 def merge_adapters(
     adapter_dirs: Sequence[str | Path],
     method: str,
-    weights: Sequence[float] | None = None,
+    weights: Weights = None,
     *,
     stats: Sequence[StatsSource] | None = None,
     **hp,
@@ -277,14 +318,13 @@ def merge_adapters(
     Args:
         adapter_dirs: k adapter directories from the same base model (any ranks/alphas).
         method: a key of ``METHODS``; unknown names fail with the valid list.
-        weights: k task weights (default 1 each).
-        stats: methods that ``needs_stats`` only (``regmean``): one statistics file per adapter
-            (``osrm.stats``).
+        weights: k task weights (default 1 each), or ``"auto"`` / ``"auto-per-module"``.
+        stats: for methods that ``needs_stats`` (``regmean``) and auto weights: one statistics
+            file per adapter (``osrm.stats``).
         **hp: the method's hyperparameters (``scale``, ``density``, ``seed``, ...).
     """
     check_hyperparameters(method, hp)
-    if stats is not None and not get_method(method).needs_stats:
-        raise OsrmError(f"stats are only used by {methods_with('needs_stats')}, not by {method!r}")
+    check_stats_use(method, weights, stats)
     adapters = load_adapters(adapter_dirs)
     grams = gram_lookup(stats, adapters) if stats is not None else None
     return merge_deltas(adapters, method, weights, grams=grams, **hp)

@@ -24,7 +24,15 @@ from osrm.heads import first_head, save_heads, use_head
 from osrm.merging.deltas import LoraDeltas
 from osrm.merging.loading import load_adapters
 from osrm.merging.lora_files import concat_factors, pick_head, write_adapter
-from osrm.merging.merge import GramLookup, StatsSource, gram_lookup, iter_merged, task_weights
+from osrm.merging.merge import (
+    GramLookup,
+    StatsSource,
+    Weights,
+    gram_lookup,
+    iter_merged,
+    resolve_weights,
+    weights_for,
+)
 from osrm.merging.record import (
     build_manifest,
     hp_record,
@@ -93,7 +101,7 @@ def save_merged_model(
     sources: Sequence[Source],
     out_dir: str | Path,
     method: str,
-    weights: Sequence[float] | None = None,
+    weights: Weights = None,
     *,
     stats: Sequence[StatsSource] | None = None,
     tasks: Sequence[str] | None = None,
@@ -115,6 +123,7 @@ def save_merged_model(
     tasks = task_names(opened, tasks)
     adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
     grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
+    weights = resolve_weights(weights, opened, grams)
     transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
     extra = {"stats": stats_record(stats)}
     manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
@@ -167,7 +176,7 @@ def save_merged_adapter(
     sources: Sequence[str | Path],
     out_dir: str | Path,
     method: str,
-    weights: Sequence[float] | None = None,
+    weights: Weights = None,
     *,
     rank: int | None = None,
     exact_svd: bool = False,
@@ -202,6 +211,7 @@ def save_merged_adapter(
     tasks = task_names(adapters, tasks)
     inside = pick_head(adapters, tasks, head)
     grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
+    weights = resolve_weights(weights, adapters, grams)
     factors, errors = _merged_factors(adapters, method, weights, rank, exact_svd, grams, hp)
     ranks = {n: a.shape[0] for n, (_, a) in factors.items()}
     exact = get_method(method).linear and rank is None
@@ -232,7 +242,7 @@ def save_merged_adapter(
 def _merged_factors(
     adapters: Sequence[LoraDeltas],
     method: str,
-    weights: Sequence[float] | None,
+    weights: Weights,
     rank: int | None,
     exact_svd: bool,
     grams: GramLookup | None,
@@ -241,9 +251,11 @@ def _merged_factors(
     """Module -> output (B, A) float32, and module -> relative Frobenius error."""
     factors, errors = {}, {}
     if get_method(method).linear:  # from the factors: no dense ΔW at all
-        w = task_weights(weights, len(adapters))
-        validate_hyperparameters(method, hp, w)  # the factors never pass through the method
-        coeffs = get_method(method).coeffs(w, {**hyperparameters(method), **hp})
+        w_of, full_hp = weights_for(weights, len(adapters)), {**hyperparameters(method), **hp}
+        coeffs = {}
+        for name in sorted(set().union(*adapters)):
+            validate_hyperparameters(method, hp, w_of(name))  # the factors skip the method
+            coeffs[name] = get_method(method).coeffs(w_of(name), full_hp)
         for name, (b, a) in concat_factors(adapters, coeffs).items():
             b, a, errors[name] = (b, a, 0.0) if rank is None else factored_truncate(b, a, rank)
             factors[name] = (b.float(), a.float())

@@ -71,22 +71,33 @@ def task_names(sources: Sequence[Mapping[str, Tensor]], tasks: Sequence[str] | N
     return names
 
 
+def weights_record(weights: Sequence[float] | Tensor | Mapping | None, k: int) -> object:
+    """k floats; per-module auto weights: one list when every module has the same λ, else
+    module -> list."""
+
+    def floats(w: object) -> list[float]:
+        return [float(x) for x in torch.as_tensor(w, dtype=torch.float64).flatten()]
+
+    if weights is None:
+        return [1.0] * k
+    if isinstance(weights, Mapping):
+        per_module = {name: floats(w) for name, w in weights.items()}
+        distinct = {tuple(w) for w in per_module.values()}
+        return list(distinct.pop()) if len(distinct) == 1 else per_module
+    return floats(weights)
+
+
 def build_manifest(
     output: str,
     method: str,
-    weights: Sequence[float] | Tensor | None,
+    weights: Sequence[float] | Tensor | Mapping | None,
     hyperparameters: Mapping[str, object],
     sources: Sequence[Mapping[str, Tensor]],
     tasks: Sequence[str],
     extra: Mapping[str, object] | None = None,
 ) -> dict:
     """A JSON-ready record of one merge (method, weights, hyperparameters, source hashes)."""
-    k = len(sources)
-    w = (
-        [1.0] * k
-        if weights is None
-        else [float(x) for x in torch.as_tensor(weights, dtype=torch.float64).flatten()]
-    )
+    w = weights_record(weights, len(sources))
     bases = {getattr(s, "base_model", None) for s in sources} - {None}
     gaps = coverage_gaps(sources)
     manifest = {
