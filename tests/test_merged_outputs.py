@@ -21,7 +21,7 @@ from peft import PeftModel
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-import osrm.pipeline
+import osrm.adapter_commands
 from conftest import synthetic_batches
 from osrm.artifacts import write_safetensors
 from osrm.cli import main
@@ -67,7 +67,7 @@ def logits(model, batches=BATCHES) -> torch.Tensor:
 def eval_cli(ws: Path, merged: Path, task: str, monkeypatch, capsys) -> dict:
     """``osrm eval --merged`` with the workspace's settings (its tasks are user task blocks)."""
     cfg = cfg_of(ws)
-    monkeypatch.setattr(osrm.pipeline, "get_task", lambda name: task_spec(cfg, name))
+    monkeypatch.setattr(osrm.adapter_commands, "get_task", lambda name: task_spec(cfg, name))
     capsys.readouterr()
     args = ["-q", "eval", "--merged", str(merged), "--task", task, "--split", cfg.eval.split,
             "--max-length", str(cfg.train.max_length), "--batch-size", str(cfg.eval.batch_size),
@@ -262,7 +262,7 @@ def test_corrupt_json_beside_weights_is_one_line(
     ws, tmp_path, capsys, monkeypatch, where, name, names
 ):
     cfg = cfg_of(ws)
-    monkeypatch.setattr(osrm.pipeline, "get_task", lambda task: task_spec(cfg, task))
+    monkeypatch.setattr(osrm.adapter_commands, "get_task", lambda task: task_spec(cfg, task))
     if where == "adapter":  # a copy without osrm's sha256 manifest, as if from elsewhere
         target = tmp_path / "adapter"
         shutil.copytree(adapters(ws)[0], target)

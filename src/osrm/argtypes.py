@@ -44,3 +44,19 @@ def finite_float(text: str) -> float:
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (e.g. ``--mu``)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def weight_arg(text: str) -> float | str:
+    """One ``--weights`` value: a finite number, or ``auto`` / ``auto-per-module`` (from the
+    statistics, see :mod:`osrm.merging.auto_weights`)."""
+    from osrm.merging.auto_weights import AUTO_MODES
+
+    return text if text in AUTO_MODES else finite_float(text)

@@ -19,7 +19,14 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from osrm import __version__, progress
-from osrm.argtypes import finite_float, int_range, positive_int, seed_int
+from osrm.argtypes import (
+    finite_float,
+    int_range,
+    non_negative_float,
+    positive_int,
+    seed_int,
+    weight_arg,
+)
 from osrm.errors import OsrmError
 
 
@@ -59,18 +66,20 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         pipeline.print_summary({**out, "report": None})
         print(f"results: {out['run_dir']}/results.jsonl")
     else:
-        print(json.dumps(pipeline.eval_one(args), indent=2))
+        from osrm import adapter_commands
+
+        print(json.dumps(adapter_commands.eval_one(args), indent=2))
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
-    from osrm import locking, pipeline
+    from osrm import adapter_commands, locking
     from osrm.artifacts import keep_existing
 
     # one osrm merge at a time per --out (the lock file is removed afterwards); without --force
     # an --out that another program creates meanwhile is not replaced either
     keep = contextlib.nullcontext() if args.force else keep_existing(args.out)
     with locking.held(locking.beside(args.out), f"--out {args.out}"), keep:
-        print(json.dumps(pipeline.merge(args), indent=2))
+        print(json.dumps(adapter_commands.merge(args), indent=2))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -111,8 +120,10 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="merge method, e.g. task_arithmetic, ties")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument(
-        "--weights", type=finite_float, nargs="+", help="one weight per adapter (default 1)"
-    )
+        "--weights", type=weight_arg, nargs="+", metavar="W",
+        help="one weight per adapter (default 1), or `auto` / `auto-per-module`: the λ that "
+        "minimise the merged update's error on every task's inputs (needs --stats)",
+    )  # fmt: skip
     p.add_argument("--scale", type=finite_float, help="λ: scale of the merged delta")
     p.add_argument("--density", type=finite_float, help="fraction kept (TIES, DARE, pruning)")
     p.add_argument("--seed", type=seed_int, help="seed of random methods (DARE)")
@@ -125,9 +136,30 @@ def _add_merge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["dense", "lora"], default="dense")
     p.add_argument("--rank", type=positive_int, help="LoRA output: truncate to this rank (SVD)")
     p.add_argument("--base", help="dense output: base model (default: the adapters' base)")
-    p.add_argument("--stats", nargs="+", help="regmean: one statistics file per adapter")
+    p.add_argument(
+        "--stats", nargs="+", help="regmean and --weights auto: one statistics file per adapter"
+    )
     p.add_argument("--tasks", nargs="+", help="task names of the adapters (default: from them)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def _add_retrofit(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "adapters", nargs="+", metavar="ADAPTER",
+        help="adapter dirs, or TASK=DIR for adapters that carry no osrm task name",
+    )  # fmt: skip
+    p.add_argument("--stats", nargs="+", required=True, help="one statistics file per task")
+    p.add_argument("--mu", type=non_negative_float, required=True,
+                   help="weight of the other tasks' output removed (0: unchanged)")  # fmt: skip
+    p.add_argument("--out", required=True, help="output directory: one adapter per task inside")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def _cmd_retrofit(args: argparse.Namespace) -> None:
+    from osrm import adapter_commands, locking
+
+    with locking.held(locking.beside(args.out), f"--out {args.out}"):
+        print(json.dumps(adapter_commands.retrofit(args), indent=2))
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -179,6 +211,14 @@ COMMANDS: dict[str, Command] = {
         ("osrm merge a/ b/ c/ --method ties --density 0.2 --out merged/ties",
          "osrm merge a/ b/ --method task_arithmetic --scale 0.5 --format lora --out merged/ta",
          "osrm merge a/ b/ --method regmean --stats a.safetensors b.safetensors --out merged/rm"),
+    ),
+    "retrofit": Command(
+        _add_retrofit, _cmd_retrofit,
+        "make existing LoRA adapters merge-ready from statistics (no training)",
+        ("osrm retrofit runs/demo/adapters/lora/* --stats runs/demo/stats/*.safetensors "
+         "--mu 0.5 --out retro/",
+         "osrm retrofit sst2=ad/sst2 rte=ad/rte --stats sst2.safetensors rte.safetensors "
+         "--mu 1 --out retro/"),
     ),
     "report": Command(
         _add_report, _cmd_report,

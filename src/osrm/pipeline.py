@@ -1,6 +1,6 @@
-"""Every osrm command: the main job (statistics → OSRM bases → adapters → merges → evaluation →
-report) and the commands on the user's own artifacts (merge adapters, evaluate one model,
-rebuild a report).
+"""The run-directory commands: the main job (statistics → OSRM bases → adapters → merges →
+evaluation → report), its stages alone, the demo and rebuilding a report. The commands on the
+user's own adapters (merge, retrofit, evaluate one model) are in :mod:`osrm.adapter_commands`.
 
 Every stage reads and writes one run directory (:mod:`osrm.rundir`) and skips work whose
 artifact already exists for the same inputs, so re-running a command after an interruption
@@ -10,29 +10,13 @@ continues where it stopped. Library modules take in-memory objects; only the sta
 
 from __future__ import annotations
 
-import argparse
-import os
 from pathlib import Path
 
-import yaml
-
 from osrm import __version__, distributed
-from osrm.adapters import load_adapter
 from osrm.config import ExperimentConfig, load_config
 from osrm.diagnostics import summarise_interference
 from osrm.errors import OsrmError
-from osrm.evaluate import evaluate
-from osrm.merging import (
-    MANIFEST_FILE,
-    get_method,
-    load_adapters,
-    lora_deltas,
-    methods_with,
-    save_merged_adapter,
-    save_merged_model,
-    validate_hyperparameters,
-)
-from osrm.models import load_base, load_merged, load_model
+from osrm.models import load_base
 from osrm.report import (
     markdown_table,
     read_budget_diagnostics,
@@ -52,13 +36,12 @@ from osrm.rundir import (
     unlock_run_dir,
     write_json,
 )
-from osrm.safety import require_safetensors
 from osrm.stages.evaluation import budget_stage, eval_stage, interference_stage
 from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage, result_columns
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
-from osrm.tasks.registry import get_task, task_spec
+from osrm.tasks.registry import task_spec
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")
@@ -161,109 +144,3 @@ def report(run_dir: str | Path) -> dict:
     budgets = read_budget_diagnostics(budget_file) if budget_file.is_file() else None
     with run_dir_locked(run_dir):
         return report_stage(cfg, run_dir, results, matrices, budgets)["paths"]
-
-
-def resolve_adapter(name: str) -> str:
-    """A local adapter directory, or (online only) a hub repository downloaded to the cache."""
-    if Path(name).is_dir():
-        return name
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        raise OsrmError(
-            f"adapter {name!r}: no such directory, and HF_HUB_OFFLINE=1 forbids downloading it"
-        )
-    from huggingface_hub import snapshot_download
-
-    patterns = ["adapter_config.json", "adapter_model.safetensors", "osrm_provenance.json"]
-    return snapshot_download(name, allow_patterns=patterns)
-
-
-def _hyperparameters(args: argparse.Namespace) -> dict:
-    hp = {k: getattr(args, k) for k in ("scale", "density", "seed") if getattr(args, k) is not None}
-    if getattr(args, "normalize", False):  # TIES/DARE-TIES: mergekit's weighted disjoint mean
-        hp["normalize"] = True
-    for item in args.hp:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise OsrmError(f"--hp {item!r}: expected key=value")
-        hp[key] = yaml.safe_load(raw)
-    return hp
-
-
-def check_output(out: Path, force: bool) -> None:
-    """``--out`` may be new, or (with ``--force``) an earlier ``osrm merge`` output: never a
-    file or a folder that osrm did not write."""
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise OsrmError(f"--out {out} already exists; pass --force to replace it")
-    if out.is_symlink() or not (out / MANIFEST_FILE).is_file():
-        raise OsrmError(
-            f"--out {out} exists and is not an osrm merge output (no {MANIFEST_FILE}); "
-            "refusing to replace it, choose another --out"
-        )
-
-
-def merge(args: argparse.Namespace) -> dict:
-    """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with manifests."""
-    out = Path(args.out)
-    check_output(out, args.force)
-    get_method(args.method)
-    if args.weights is not None and len(args.weights) != len(args.adapters):
-        raise OsrmError(
-            f"--weights: expected {len(args.adapters)} values (one per adapter), "
-            f"got {len(args.weights)}"
-        )
-    hp = _hyperparameters(args)
-    try:
-        validate_hyperparameters(args.method, hp, args.weights or [1.0] * len(args.adapters))
-    except OsrmError as e:
-        raise OsrmError(f"--method {args.method}: {e}") from None
-    if get_method(args.method).needs_stats != bool(args.stats):
-        raise OsrmError(
-            "--stats (one statistics file per adapter) goes with --method "
-            f"{methods_with('needs_stats')} only"
-        )
-    dirs = [resolve_adapter(a) for a in args.adapters]
-    common = {"stats": args.stats, "tasks": args.tasks, **hp}
-    if args.format == "lora":
-        res = save_merged_adapter(dirs, out, args.method, args.weights, rank=args.rank, **common)
-        worst = max(res.rel_errors.values(), default=0.0)
-        return {"output": str(res.path), "format": "lora", "exact": res.exact,
-                "max_rank": max(res.ranks.values()), "max_relative_error": worst}  # fmt: skip
-    if args.rank is not None:
-        raise OsrmError("--rank applies to --format lora only")
-    sources = load_adapters(dirs)  # checked (same base, finite, manifests) before the model loads
-    base = args.base or sources[0].base_model
-    if not base:
-        raise OsrmError(f"{dirs[0]}: adapter_config.json names no base model; pass --base")
-    # the head drawn here is replaced by the first task's trained head before anything is saved
-    model, _ = load_model(base, 2)
-    save_merged_model(model, sources, out, args.method, args.weights, **common)
-    return {
-        "output": str(out),
-        "format": "dense",
-        "base_model": base,
-        "manifest": str(out / MANIFEST_FILE),
-    }
-
-
-def eval_one(args: argparse.Namespace) -> dict:
-    """``osrm eval --adapter DIR | --merged DIR --task T``: one model's metrics on one task."""
-    if not args.task or bool(args.adapter) == bool(args.merged):
-        raise OsrmError("evaluate one model with --task and exactly one of --adapter or --merged")
-    spec = get_task(args.task)
-    if args.adapter:
-        adapter = resolve_adapter(args.adapter)
-        require_safetensors(adapter)
-        base = args.base or lora_deltas(adapter).base_model
-        if not base:
-            raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
-        model, tokenizer = load_model(base, spec.num_labels)
-        model = load_adapter(model, adapter).eval()
-    else:
-        model, tokenizer = load_merged(args.merged, args.task, args.base)
-    scores = evaluate(
-        model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
-        batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
-    )  # fmt: skip
-    return {"task": args.task, "split": args.split, **scores}

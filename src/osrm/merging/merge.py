@@ -198,9 +198,11 @@ def match_stats(
     statistics' ``fingerprint`` against the adapter's provenance, for the same module set).
     """
     names = list(tasks) if tasks is not None else [a.task for a in adapters]
-    if len(loaded) != len(adapters) or len(names) != len(adapters):
+    named = all(meta is not None for _, meta, _ in loaded)
+    # files that name their task are matched below (a missing one is named there)
+    if (len(loaded) != len(adapters) and not named) or len(names) != len(adapters):
         raise OsrmError(f"stats: expected {len(adapters)} entries (one per adapter)")
-    if all(meta is not None for _, meta, _ in loaded):
+    if named:
         by_task: dict[str, Loaded] = {}
         for entry in loaded:
             if entry[1].task in by_task:
@@ -217,6 +219,12 @@ def match_stats(
                 f"stats: no statistics for task {missing[0]!r} (adapter "
                 f"{adapters[names.index(missing[0])].path}); the files are for tasks "
                 f"{sorted(by_task)}"
+            )
+        extra = sorted(set(by_task) - set(names))
+        if extra:
+            raise OsrmError(
+                f"{by_task[extra[0]][2]}: statistics of task {extra[0]!r}, which no adapter has "
+                f"(the adapters' tasks: {names})"
             )
         loaded = [by_task[t] for t in names]
     for (stats, meta, label), adapter in zip(loaded, adapters, strict=True):
