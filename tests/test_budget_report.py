@@ -15,7 +15,7 @@ from osrm.config import load_config
 from osrm.diagnostics import energy, summarise_interference
 from osrm.drift import Snapshot, budget_diagnostics, principal_angles, row_space, subspace_energy
 from osrm.rundir import PLOT_FILES, adapter_dir
-from osrm.stages.evaluation import budget_stage
+from osrm.stages.diagnostics import budget_stage
 from osrm.stages.reporting import budget_table
 from osrm.stats import LayerStats, load_stats
 from tiny_workspace import make_workspace, tree

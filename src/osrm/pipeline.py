@@ -36,7 +36,8 @@ from osrm.rundir import (
     unlock_run_dir,
     write_json,
 )
-from osrm.stages.evaluation import budget_stage, eval_stage, interference_stage
+from osrm.stages.diagnostics import budget_stage, interference_stage
+from osrm.stages.evaluation import eval_stage
 from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage, result_columns
 from osrm.stages.statistics import stats_stage, subspace_stage

@@ -18,15 +18,12 @@ import torch
 from torch import Tensor, nn
 
 from osrm import distributed
-from osrm.adapters import RECORD_FILE, load_adapter
+from osrm.adapters import load_adapter
 from osrm.artifacts import atomic_dir
 from osrm.config import ExperimentConfig
-from osrm.diagnostics import interference_matrix
-from osrm.drift import Snapshot, budget_diagnostics
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
 from osrm.heads import adapter_head, use_head
-from osrm.loaders import read_json
 from osrm.merging import (
     METHODS,
     LoraDeltas,
@@ -41,7 +38,6 @@ from osrm.merging.record import build_manifest, hp_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
 from osrm.rundir import RESULTS_FILE, budget_dir, merged_dir, run_path, stats_file
-from osrm.stages.statistics import TaskStats
 from osrm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -230,61 +226,3 @@ def _eval_adapters(
                     result = _score(cfg, model, tok, specs[task], kind="merged", method=method,
                                     hp=hp_string(hp), **series)  # fmt: skip
                 _append(path, result)
-
-
-def interference_stage(
-    cfg: ExperimentConfig, adapters: Mapping[tuple[str, str], Path], stats_by_task: TaskStats
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Per init, the cross-task interference ratios ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (method.md §6)."""
-    out = {}
-    for init in cfg.lora.inits:
-        deltas = {}
-        for task in cfg.task_names:
-            (source,) = load_adapters([adapters[init, task]])
-            deltas[task] = {name.removesuffix(".weight"): source[name] for name in source}
-        out[init] = interference_matrix(deltas, stats_by_task)
-    return out
-
-
-def _factors(adapter_dir: Path) -> dict[str, tuple[Tensor, Tensor]]:
-    """module -> (s·B (d_out, r), A (r, d_in)) of one saved adapter, under the statistics' names."""
-    (source,) = load_adapters([adapter_dir])
-    with source.opened():
-        return {name.removesuffix(".weight"): source.factors(name) for name in source}
-
-
-def budget_stage(
-    cfg: ExperimentConfig,
-    run_dir: Path,
-    adapters: Mapping[tuple[str, str], Path],
-    stats_by_task: TaskStats,
-    matrices: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
-) -> dict[str, list[dict]]:
-    """Drift, energies and interference at every budget (``budgets/0`` = A as initialised) and
-    of the final adapters, placed at the steps their ``training.json`` records; ``matrices``
-    (:func:`interference_stage`'s, per init) spare computing the final adapters' ratios again.
-
-    Returns ``{"rows": [...], "per_task": [...]}`` (:func:`osrm.drift.budget_diagnostics`); a
-    checkpoint at the final step gives one row (the final adapters')."""
-    rows, per_task = [], []
-    for init in cfg.lora.inits:
-        snapshots = {
-            k: Snapshot(k, {t: _factors(budget_dir(run_dir, k, init, t)) for t in cfg.task_names})
-            for k in [0, *cfg.train.checkpoints]
-        }
-        steps = {t: read_json(adapters[init, t] / RECORD_FILE, "training record")["steps"]
-                 for t in cfg.task_names}  # fmt: skip
-        final = max(steps.values())  # tasks differ only with train.epochs
-        factors = {t: _factors(adapters[init, t]) for t in cfg.task_names}
-        snapshots[final] = Snapshot(final, factors, steps, (matrices or {}).get(init))
-        sub = cfg.subspace
-        got = budget_diagnostics(
-            init,
-            list(snapshots.values()),
-            stats_by_task,
-            weighting=sub.weighting,
-            center=sub.center,
-        )
-        rows += got[0]
-        per_task += got[1]
-    return {"rows": rows, "per_task": per_task}
