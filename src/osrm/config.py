@@ -35,6 +35,8 @@ DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d{1,3})?")
 # names defined once in osrm.inits; Literal of a tuple is the Literal of its items, in order
 InitName = Literal[tuple(INITS)]  # type: ignore[valid-type]
 ModeName = Literal[MODES]  # type: ignore[valid-type]
+# task weights solved from the statistics (osrm.merging.auto_weights reads its modes from here)
+WeightMode = Literal["auto", "auto-per-module"]
 
 
 class ModelConfig(Section):
@@ -162,14 +164,30 @@ class TrainSection(Section):
         return value
 
 
+class RetrofitSection(Section):
+    """``merge.retrofit``: each listed init's adapters (final and budgets) retrofitted from the
+    statistics at every μ (osrm.retrofit), then scored and merged as one more init,
+    ``<init>+rf<μ>``."""
+
+    mu: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(min_length=1)
+    inits: list[InitName] | None = Field(None, description="default: every init of lora.inits")
+
+
 class MergeSection(Section):
     """Merging grid: method -> hyperparameter -> value or list of values (their product is run)."""
+
+    omit_when_default = frozenset({"retrofit"})
 
     methods: dict[str, dict[str, Any] | None] = Field(
         default_factory=lambda: {"task_arithmetic": {"scale": [0.3, 0.5, 0.7, 1.0]}}, min_length=1
     )
-    weights: list[float] | None = Field(None, description="per-task weights, in tasks order")
+    weights: list[float] | WeightMode | None = Field(
+        None,
+        description="per-task weights in tasks order, or auto / auto-per-module (from the "
+        "statistics); a method's grid may also list `weights: [given, auto, auto-per-module]`",
+    )
     save: bool = Field(False, description="also write each merged dense model under merged/")
+    retrofit: RetrofitSection | None = None
 
 
 class EvalSection(Section):
@@ -208,10 +226,18 @@ class ExperimentConfig(Section):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"task names must be unique, repeated: {repeated}")
-        if self.merge.weights is not None and len(self.merge.weights) != len(names):
+        if isinstance(self.merge.weights, list) and len(self.merge.weights) != len(names):
             raise ValueError(
                 f"merge.weights has {len(self.merge.weights)} values for {len(names)} tasks"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _retrofit_inits(self) -> ExperimentConfig:
+        listed = (self.merge.retrofit.inits or []) if self.merge.retrofit else []
+        missing = [i for i in listed if i not in self.lora.inits]
+        if missing:
+            raise ValueError(f"merge.retrofit.inits: {missing} not in lora.inits {self.lora.inits}")
         return self
 
     @model_validator(mode="after")

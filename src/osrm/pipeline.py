@@ -37,9 +37,10 @@ from osrm.rundir import (
     write_json,
 )
 from osrm.stages.diagnostics import budget_stage, interference_stage
-from osrm.stages.evaluation import eval_stage
+from osrm.stages.evaluation import adapter_series, eval_stage
 from osrm.stages.preparation import check_rank, prepare
 from osrm.stages.reporting import report_stage, result_columns
+from osrm.stages.retrofitting import retrofit_stage
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
 from osrm.tasks.registry import task_spec
@@ -85,8 +86,11 @@ def _stages(cfg: ExperimentConfig, until: str) -> dict:
     out["adapters"] = adapters
     if until == "train":
         return out
+    retrofit_stage(cfg, run_dir, adapters)
     results = eval_stage(cfg, run_dir, specs, adapters)
-    matrices = interference_stage(cfg, adapters, stats)
+    finals = {(i, t): d for i, k, dirs in adapter_series(cfg, run_dir, adapters) if k is None
+              for t, d in zip(cfg.task_names, dirs, strict=True)}  # fmt: skip
+    matrices = interference_stage(cfg, finals, stats)
     write_json(run_path(run_dir, INTERFERENCE_FILE), matrices)
     out.update(results=results, interference=matrices)
     budgets = None

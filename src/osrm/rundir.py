@@ -115,6 +115,19 @@ def budget_dir(run_dir: Path, step: int, init: str, task: str) -> Path:
     return run_path(run_dir, BUDGETS_DIR, str(step), init, task)
 
 
+RETROFIT_DIR = "retrofit"  # retrofit/<step or final>/<init>+rf<μ>/<task>: merge.retrofit
+
+
+def retrofit_label(init: str, mu: float) -> str:
+    """The init name of ``init``'s adapters retrofitted at ``mu`` (``lora+rf0.5``)."""
+    return f"{init}+rf{mu:g}"
+
+
+def retrofit_dir(run_dir: Path, step: int | None, label: str) -> Path:
+    """``retrofit/<step>/<label>`` (``final`` for the final adapters): one adapter per task."""
+    return run_path(run_dir, RETROFIT_DIR, "final" if step is None else str(step), label)
+
+
 def merged_dir(run_dir: Path, init: str, method: str, hp: dict[str, Any]) -> Path:
     """``merged/<init>/<method>/<hyperparameters>``: one folder name each, inside ``run_dir``."""
     name = check_name(hp_string(hp) or "default", f"merge.methods.{method} (as a folder name)")

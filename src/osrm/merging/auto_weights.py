@@ -14,14 +14,16 @@ leaks); k identical adapters get 1/k (their sum would count the update k times).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import get_args
 
 import torch
 from torch import Tensor
 
+from osrm.config import WeightMode
 from osrm.errors import OsrmError
 
 RIDGE = 1e-4  # ρ = RIDGE · tr(G) / k: keeps λ defined when adapters are (nearly) collinear
-AUTO_MODES = ("auto", "auto-per-module")
+AUTO_MODES: tuple[str, ...] = get_args(WeightMode)  # ("auto", "auto-per-module")
 
 
 def normal_equations(deltas: Tensor, grams: Tensor) -> tuple[Tensor, Tensor]:

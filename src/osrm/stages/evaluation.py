@@ -33,11 +33,14 @@ from osrm.merging import (
     merge_deltas,
     validate_hyperparameters,
 )
+from osrm.merging.auto_weights import AUTO_MODES
+from osrm.merging.merge import resolve_weights
 from osrm.merging.outputs import write_dense
 from osrm.merging.record import build_manifest, hp_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
-from osrm.rundir import RESULTS_FILE, budget_dir, merged_dir, run_path, stats_file
+from osrm.rundir import RESULTS_FILE, merged_dir, retrofit_dir, run_path, stats_file
+from osrm.stages.retrofitting import retrofit_series, sources
 from osrm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -61,11 +64,32 @@ def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
         for combo in itertools.product(*values):
             hp = dict(zip(keys, combo, strict=True))
             try:
-                validate_hyperparameters(method, hp, cfg.merge.weights)
+                weights = setting_weights(cfg, hp)
+                numeric = None if isinstance(weights, str) else weights
+                validate_hyperparameters(method, without_weights(hp), numeric)
             except OsrmError as e:
                 raise OsrmError(f"merge.methods.{method}: {e}") from None
+            if hp.get("weights") == GIVEN:
+                del hp["weights"]  # the same setting as no `weights` key: one result key
             grid.append((method, hp))
     return grid
+
+
+GIVEN = "given"  # a grid's `weights` value: merge.weights (1 each when unset)
+
+
+def without_weights(hp: Mapping[str, Any]) -> dict[str, Any]:
+    """A setting's hyperparameters for the method itself (``weights`` is the grid's)."""
+    return {k: v for k, v in hp.items() if k != "weights"}
+
+
+def setting_weights(cfg: ExperimentConfig, hp: Mapping[str, Any]) -> list[float] | str | None:
+    """A setting's task weights: its ``weights`` (``auto``, ``auto-per-module`` or ``given``)
+    or ``merge.weights``."""
+    mode = hp.get("weights", GIVEN)
+    if mode not in (GIVEN, *AUTO_MODES):
+        raise OsrmError(f"weights: expected one of {[GIVEN, *AUTO_MODES]}, got {mode!r}")
+    return cfg.merge.weights if mode == GIVEN else mode
 
 
 @contextmanager
@@ -89,11 +113,12 @@ def save_merged(
     sources: Sequence[LoraDeltas],
     method: str,
     hp: Mapping[str, Any],
+    weights: Sequence[float] | Mapping[str, Tensor] | None,
 ) -> None:
     """``merge.save``: the merged dense backbone with every task's head and manifests, written
     exactly as ``osrm merge`` writes a dense output (:func:`osrm.merging.outputs.write_dense`)."""
     manifest = build_manifest(
-        output="dense", method=method, weights=cfg.merge.weights,
+        output="dense", method=method, weights=weights,
         hyperparameters=hp_record(method, hp), sources=sources, tasks=cfg.task_names,
     )  # fmt: skip
     with merged_into(backbone, merged), atomic_dir(out) as tmp:
@@ -103,11 +128,13 @@ def save_merged(
 def merge_split(
     sources: Sequence[Mapping[str, Tensor]],
     method: str,
-    weights: Sequence[float] | None,
+    weights: Sequence[float] | Mapping[str, Tensor] | None,
     grams,
     hp: Mapping[str, Any],
 ) -> dict[str, Tensor]:
-    """Merged ΔW of every module; under a launcher the modules are split across processes."""
+    """Merged ΔW of every module; under a launcher the modules are split across processes
+    (``weights`` already resolved: auto weights are solved over every module, see
+    :func:`osrm.merging.merge.resolve_weights`)."""
     if distributed.world_size() == 1:
         return merge_deltas(sources, method, weights, grams=grams, **hp)
     names = sorted(set().union(*sources))
@@ -163,22 +190,30 @@ def eval_stage(
 
     The adapters saved at ``train.checkpoints`` (``budgets/<step>/<init>/<task>``) are scored
     and merged the same way, their results carrying ``step`` (``merge.save`` writes the merges
-    of the final adapters only).
+    of the final adapters only), and so are the ``merge.retrofit`` series (:func:`adapter_series`).
     """
     path = run_path(run_dir, RESULTS_FILE)
     done = {(r.key, r.task) for r in read_results(path)}
     grid = merge_grid(cfg)
     backbone, tok = load_base(cfg)
-    for init in cfg.lora.inits:
-        for step in [*cfg.train.checkpoints, None]:
-            dirs = [
-                adapters[init, t] if step is None else budget_dir(run_dir, step, init, t)
-                for t in cfg.task_names
-            ]
-            _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
-                           init=init, step=step)  # fmt: skip
+    for init, step, dirs in adapter_series(cfg, run_dir, adapters):
+        _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
+                       init=init, step=step)  # fmt: skip
     distributed.barrier()
     return read_results(path)
+
+
+def adapter_series(
+    cfg: ExperimentConfig, run_dir: Path, adapters: Mapping[tuple[str, str], Path]
+) -> list[tuple[str, int | None, list[Path]]]:
+    """(init, step, one adapter per task) of everything to score: each init's final adapters
+    (step None) and budgets, then each ``merge.retrofit`` series (init ``<init>+rf<μ>``)."""
+    steps = [*cfg.train.checkpoints, None]
+    out = [(i, k, sources(cfg, run_dir, adapters, i, k)) for i in cfg.lora.inits for k in steps]
+    for label, _, _ in retrofit_series(cfg):
+        out += [(label, k, [retrofit_dir(run_dir, k, label) / t for t in cfg.task_names])
+                for k in steps]  # fmt: skip
+    return out
 
 
 def _eval_adapters(
@@ -210,16 +245,17 @@ def _eval_adapters(
         todo = [t for t in tasks if (key, t) not in done]
         if not todo:
             continue
-        needs_stats = METHODS[method].needs_stats
-        if needs_stats and grams is None:
+        weights, needs_stats = setting_weights(cfg, hp), METHODS[method].needs_stats
+        if (needs_stats or isinstance(weights, str)) and grams is None:
             grams = gram_lookup([stats_file(run_dir, t) for t in tasks], sources)
         at = "" if step is None else f" at step {step}"
         log.info("merging %s adapters%s: %s %s", init, at, method, hp_string(hp))
-        merged = merge_split(sources, method, cfg.merge.weights,
-                             grams if needs_stats else None, hp)  # fmt: skip
+        weights = resolve_weights(weights, sources, grams)
+        own = without_weights(hp)
+        merged = merge_split(sources, method, weights, grams if needs_stats else None, own)
         if cfg.merge.save and step is None and distributed.is_main():
             save_merged(cfg, merged_dir(run_dir, init, method, hp), backbone, merged, sources,
-                        method, hp)  # fmt: skip
+                        method, own, weights)  # fmt: skip
         with merged_into(backbone, merged):
             for task in todo:
                 with use_head(backbone, heads[task]) as model:

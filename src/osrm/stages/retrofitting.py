@@ -1,0 +1,68 @@
+"""Stage 2b: ``merge.retrofit``. Each listed init's adapters, the final ones and every budget, are
+retrofitted against the other tasks' statistics at each μ (:mod:`osrm.retrofit`) into
+``retrofit/<step or final>/<init>+rf<μ>/<task>``; the evaluation stage scores and merges them as
+one more init. A retrofit whose record matches its source adapter and μ is reused."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+from osrm import distributed
+from osrm.artifacts import file_sha256, verify_dir
+from osrm.config import ExperimentConfig
+from osrm.loaders import read_json
+from osrm.merging.deltas import WEIGHTS_FILE
+from osrm.retrofit import RETROFIT_FILE, retrofit_adapters
+from osrm.rundir import budget_dir, retrofit_dir, retrofit_label, stats_file
+
+log = logging.getLogger(__name__)
+
+
+def retrofit_series(cfg: ExperimentConfig) -> list[tuple[str, str, float]]:
+    """(label, init, μ) of every retrofitted series of the config, in config order."""
+    retrofit = cfg.merge.retrofit
+    if retrofit is None:
+        return []
+    inits = retrofit.inits or cfg.lora.inits
+    return [(retrofit_label(i, mu), i, mu) for i in inits for mu in retrofit.mu]
+
+
+def sources(
+    cfg: ExperimentConfig, run_dir: Path, adapters: Mapping[tuple[str, str], Path], init: str,
+    step: int | None,
+) -> list[Path]:  # fmt: skip
+    """The trained adapters of ``init`` at ``step`` (None: final), in task order."""
+    if step is None:
+        return [adapters[init, t] for t in cfg.task_names]
+    return [budget_dir(run_dir, step, init, t) for t in cfg.task_names]
+
+
+def up_to_date(out: Path, source: Path, mu: float) -> bool:
+    """``out`` verifies and records this ``mu`` and the current bytes of ``source``."""
+    if not (out / RETROFIT_FILE).is_file() or verify_dir(out) is not None:
+        return False
+    record = read_json(out / RETROFIT_FILE, "retrofit record")
+    return record.get("mu") == mu and record.get("source", {}).get("sha256") == file_sha256(
+        source / WEIGHTS_FILE
+    )
+
+
+def retrofit_stage(
+    cfg: ExperimentConfig, run_dir: Path, adapters: Mapping[tuple[str, str], Path]
+) -> None:
+    """Write every retrofitted series that is missing or stale."""
+    stats = [stats_file(run_dir, t) for t in cfg.task_names]
+    for label, init, mu in retrofit_series(cfg):
+        for step in [*cfg.train.checkpoints, None]:
+            src = sources(cfg, run_dir, adapters, init, step)
+            out = retrofit_dir(run_dir, step, label)
+            pairs = zip(src, cfg.task_names, strict=True)
+            if all(up_to_date(out / t, s, mu) for s, t in pairs):
+                continue
+            at = "final" if step is None else f"step {step}"
+            log.info("retrofitting %s adapters (%s) at mu=%g", init, at, mu)
+            if distributed.is_main():
+                retrofit_adapters(src, stats, mu, out, tasks=cfg.task_names)
+            distributed.barrier()
