@@ -115,6 +115,18 @@ def merge(*extra: str, out: str = "out", stats: bool = False):
     return argv
 
 
+def retrofit(*extra: str, mu: str = "0.5", adapters: Callable[[Env], list[str]] | None = None):
+    """``osrm retrofit`` of the three adapters (or ``adapters(env)``) with their statistics."""
+
+    def argv(env: Env) -> list[str]:
+        dirs = adapters(env) if adapters else env.adapters()
+        stats = [env.stats(t) for t in TASKS]
+        return ["retrofit", *dirs, "--stats", *stats, "--mu", mu, *extra,
+                "--out", str(env.case / "out")]  # fmt: skip
+
+    return argv
+
+
 def with_adapter(prepare: Callable[[Env, Path], None], *extra: str, stats: bool = False):
     """Merge three adapters, the first replaced by a prepared copy."""
 
@@ -129,14 +141,15 @@ def with_adapter(prepare: Callable[[Env, Path], None], *extra: str, stats: bool 
     return argv
 
 
-def with_stats(prepare: Callable[[Env, Path], None]):
-    """A regmean merge whose first statistics file is a prepared copy."""
+def with_stats(prepare: Callable[[Env, Path], None], command: str = "merge"):
+    """A regmean merge (or a ``retrofit``) whose first statistics file is a prepared copy."""
 
     def argv(env: Env) -> list[str]:
         bad = env.copy(env.stats(), "low.safetensors")
         prepare(env, bad)
         stats = [str(bad), *[env.stats(t) for t in TASKS[1:]]]
-        return ["merge", *env.adapters(), "--method", "regmean", "--stats", *stats,
+        how = ["--method", "regmean"] if command == "merge" else ["--mu", "0.5"]
+        return [command, *env.adapters(), *how, "--stats", *stats,
                 "--out", str(env.case / "out")]  # fmt: skip
 
     return argv
