@@ -118,11 +118,12 @@ def main() -> dict:
     suffix = "" if name == "full" else f"-{name}"
     out = Path(args.json or common.RESULTS / f"budget{suffix}.json")
     figures = REPO / "docs" / "results" if name != "smoke" else out.parent
-    start, done = time.perf_counter(), []
+    start, done, env = time.perf_counter(), [], common.environment()  # the code as it started
 
     def save(jobs: list[dict]) -> dict:
         result = budget_summary.summarise(name, limits, jobs, time.perf_counter() - start, COMMON)
         result["command"] = "python bench/budget.py" + ("" if name == "full" else f" --{name}")
+        result["environment"] = env
         budget_summary.plot(result, figures / f"budget-{name}")
         common.write_json(out, result, indent=1)
         return result

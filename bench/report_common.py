@@ -161,7 +161,8 @@ def stamp(inputs: Inputs, name: str, data: Mapping) -> str:
         ``Stamp: command `...` · config `...` + `override` ... · seeds 0, 1 · torch ... · ...``
     """
     run = inputs.run(name)
-    parts = [f"command `{run['command']}`" if run.get("command") else "command not recorded"]
+    command = run.get("command") or data.get("command")  # a script run alone records its own
+    parts = [f"command `{command}`" if command else "command not recorded"]
     if isinstance(data.get("config"), str):
         overrides = data.get("overrides") or []
         parts.append(
