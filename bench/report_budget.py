@@ -93,8 +93,9 @@ def budget_body(inputs: Inputs, data: dict) -> list[str]:
         f"{plural(len(data['tasks']), 'task')} ({', '.join(data['tasks'])}); budgets "
         f"{', '.join(map(str, data['budgets']))} steps along one trajectory per run; settings "
         f"{', '.join(f'`{x}`' for x in labels)}; "
-        f"{plural(len(data['jobs']), 'run')}. Cells: mean ± spread over seeds; task arithmetic "
-        "at the λ with the best mean normalised average (in parentheses). `+sub` = "
+        f"{plural(len(data['jobs']), 'run')}. Cells: mean ± spread over seeds (the mean alone "
+        "for one seed); task arithmetic at the λ with the best mean normalised average (in "
+        "parentheses). `+sub` = "
         "`lora.a_subspace` = rank, `+pen` = `train.interference_penalty` = 1. Raw: "
         f"`{shown(inputs.results / f'{name}.json')}`.",
         "",
