@@ -9,6 +9,9 @@ arithmetic (λ grid), TIES, DARE-TIES and RegMean. Settings: the inits `lora`, `
 then the two options that keep A where its init put it (`lora.a_subspace` = rank,
 `train.interference_penalty` = 1) on the OSRM-family init with the best merged average at the
 largest budget (TA and TIES, mean over seeds). Runs go two at a time, each single-threaded.
+For issue 16 the same runs also merge with task weights from the statistics (`weights: auto`,
+TA and TIES) and score and merge `lora`'s adapters retrofitted at μ = 0.5 and 1 (`lora+rf0.5`,
+`lora+rf1`): post-hoc settings, no extra training.
 
 Results: `bench/results/budget.json` (or --json), figures `docs/results/budget-<variant>-*.png`;
 `bench/report.py` turns them into docs/RESULTS.md. A finished run is reused on a rerun (its run
@@ -37,11 +40,14 @@ import common  # noqa: E402
 REPO = common.REPO
 CONFIG = REPO / "configs" / "offline-suite.yaml"
 TASKS = "rotten_tomatoes,trec,sms_spam,vader_movies,tweet_sentiment,epistemic_reasoning"
+# weights: auto (issue 16) beside the given weights for TA (every scale) and TIES
 GRID = (
-    "merge.methods={task_arithmetic: {scale: [0.2, 0.4, 0.6, 0.8, 1.0]}, "
-    "ties: {density: 0.2, scale: 1.0}, dare_ties: {density: 0.5, scale: 1.0}, "
-    "regmean: {alpha: 0.9}}"
+    "merge.methods={task_arithmetic: {scale: [0.2, 0.4, 0.6, 0.8, 1.0], weights: [given, auto]}, "
+    "ties: {density: 0.2, scale: 1.0, weights: [given, auto]}, "
+    "dare_ties: {density: 0.5, scale: 1.0}, regmean: {alpha: 0.9}}"
 )
+# issue 16: plain LoRA's adapters (final and every budget) retrofitted at two μ, no training
+RETROFIT = "merge.retrofit={mu: [0.5, 1.0], inits: [lora]}"
 COMMON = ["train.lr=2.0e-3", "train.batch_size=8", "train.max_length=48", "stats.max_length=48",
           "subspace.modes=[cov, contrast]", "merge.save=false", GRID]  # fmt: skip
 INITS = ("lora", "osrm", "contrast")
@@ -62,10 +68,11 @@ LIMITS = {
 
 def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Path) -> list[str]:
     """The `osrm run` overrides of one job."""
+    retrofit = [RETROFIT] if init == "lora" and not extra else []
     return [
         f"tasks=[{limits['tasks']}]", f"lora.inits=[{init}]", f"train.steps={limits['steps']}",
         f"train.checkpoints={limits['checkpoints']}", *COMMON, *limits["overrides"], *extra,
-        f"seed={seed}", f"run_dir={run_dir}",
+        *retrofit, f"seed={seed}", f"run_dir={run_dir}",
     ]  # fmt: skip
 
 

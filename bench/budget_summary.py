@@ -39,8 +39,10 @@ def job_rows(job: Mapping, tasks: Sequence[str], steps: int) -> list[dict]:
     """One run's table rows, labelled with the job's setting; final adapters count at ``steps``."""
     results = read_results(Path(job["run_dir"]) / "results.jsonl")
     rows = results_table(results, tasks)
-    return [{**r, "label": job["label"], "seed": job["seed"], "step": r.get("step") or steps,
-             "hp": without_seed(r["hp"])} for r in rows]  # fmt: skip
+    # a job's own init takes its label (osrm -> osrm+sub); retrofitted series keep their name
+    return [{**r, "label": job["label"] if r["init"] == job["init"] else r["init"],
+             "seed": job["seed"], "step": r.get("step") or steps, "hp": without_seed(r["hp"])}
+            for r in rows]  # fmt: skip
 
 
 def job_diagnostics(job: Mapping, steps: int) -> list[dict]:
@@ -71,9 +73,20 @@ def headline(merged: Sequence[Mapping], single: Sequence[Mapping], diag: Sequenc
         for method in HEADLINE:
             cands = [m for m in merged if (m["label"], m["step"], m["method"]) ==
                      (s["label"], s["step"], method) and m["norm_avg"]]  # fmt: skip
-            best = max(cands, key=lambda m: m["norm_avg"]["mean"], default=None)
-            if best:
-                row[method] = {"hp": best["hp"], "norm_avg": best["norm_avg"], "avg": best["avg"]}
+            # the given weights' grid, and (issue 16) weights from the statistics
+            for key, auto in ((method, False), (f"{method}+auto", True)):
+                pick = [m for m in cands if ("weights=auto" in m["hp"]) == auto]
+                best = max(pick, key=lambda m: m["norm_avg"]["mean"], default=None)
+                if best:
+                    row[key] = {"hp": best["hp"], "norm_avg": best["norm_avg"], "avg": best["avg"]}
+            at_one = [m for m in cands if m["hp"] == "scale=1.0,weights=auto"]
+            if at_one:  # auto weights with no search at all
+                m = at_one[0]
+                row[f"{method}+auto@1"] = {
+                    "hp": m["hp"],
+                    "norm_avg": m["norm_avg"],
+                    "avg": m["avg"],
+                }
         d = next((d for d in diag if (d["label"], d["step"]) == (s["label"], s["step"])), {})
         row.update({k: d.get(k) for k in DIAGNOSTICS})
         out.append(row)

@@ -10,7 +10,10 @@ from pathlib import Path
 from osrm.report import markdown_table
 from report_common import FIGURES, Inputs, mean_spread, plural, shown, stamp
 
-METHODS = ("task_arithmetic", "ties", "dare_ties", "regmean")
+# columns, in order, when present: each method's best setting with the given weights, then
+# (issue 16) with weights from the statistics (best scale, and at scale 1: no search at all)
+METHODS = ("task_arithmetic", "task_arithmetic+auto", "task_arithmetic+auto@1", "ties",
+           "ties+auto", "dare_ties", "regmean")  # fmt: skip
 NOTES = Path(__file__).with_name("budget_interpretation.md")
 
 
@@ -25,19 +28,20 @@ def _cell(row: Mapping, method: str, key: str) -> str:
     entry = row.get(method)
     if not entry:
         return ""
-    hp = f" ({entry['hp']})" if method == "task_arithmetic" else ""
+    hp = f" ({entry['hp'].split(',')[0]})" if method in METHODS[:2] else ""
     return ms(entry.get(key)) + hp
 
 
 def headline_table(rows: Sequence[Mapping], key: str) -> str:
     """One line per (step, setting): the individual average and each method's ``key``."""
+    methods = [m for m in METHODS if any(m in r for r in rows)]
     table = [
         {"step": r["step"], "label": r["label"], "individual": ms(r["individual"]),
-         **{m: _cell(r, m, key) for m in METHODS}}
+         **{m: _cell(r, m, key) for m in methods}}
         for r in sorted(rows, key=lambda r: (r["step"], r["label"]))
     ]  # fmt: skip
     columns = {"step": "steps", "label": "setting", "individual": "single-task avg",
-               **{m: m for m in METHODS}}  # fmt: skip
+               **{m: m for m in methods}}  # fmt: skip
     return markdown_table(table, columns)
 
 
