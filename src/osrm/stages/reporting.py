@@ -34,14 +34,14 @@ BUDGET_COLUMNS = {
     "init": "init", "step": "step", "best_norm_avg": "best norm. avg", "best_avg": "best avg",
     "task_arithmetic": "best task_arithmetic norm. avg", "ties": "best ties norm. avg",
     "individual": "individual avg", "interference": "interference", "drift_deg": "drift (°)",
-    "own_energy": "own energy", "other_energy": "other energy",
+    "own_energy": "own energy (%)", "other_energy": "other energy (%)",
 }  # fmt: skip
 BUDGET_NOTE = (
     "Per init and training step (the final adapters at the step they trained; step 0: A as "
     "initialised, not scored): the best normalised and absolute averages over every merge "
     "setting, the best `task_arithmetic` and `ties` normalised averages, the individual "
     "adapters' average, the mean off-diagonal interference ratio, the mean principal angle "
-    "between A and A at step 0, and the share of the own task's and the other tasks' input "
+    "between A and A at step 0, and the share (%) of the own task's and the other tasks' input "
     "energy captured by A's row space (averaged over tasks and modules)."
 )
 
@@ -78,7 +78,10 @@ def budget_table(rows: Sequence[Mapping], diagnostics: Sequence[Mapping]) -> lis
         }
         for method in ("task_arithmetic", "ties"):
             row[method] = _best([r for r in merged if r["method"] == method], "norm_avg")
-        out.append({**row, **{k: d.get(k) for k in BUDGET_COLUMNS if k not in row}})
+        row.update({k: d.get(k) for k in BUDGET_COLUMNS if k not in row})
+        for k in ("own_energy", "other_energy"):  # a few % at most: shown in percent
+            row[k] = None if row[k] is None else 100 * row[k]
+        out.append(row)
     return out
 
 
