@@ -1,7 +1,7 @@
 """Run every benchmark in bench/, stamp each with its command, versions and wall time, then write
 docs/RESULTS.md from the raw JSON (`bench/report.py`). This is what `make bench` runs.
 
-    python bench/all.py             # the full suite (about 5 hours on 2 CPU cores)
+    python bench/all.py             # the full suite (2 hours + the budget study, several more)
     python bench/all.py --quick     # quality and budget --quick, a small single-task run, the rest
     python bench/all.py --only merge_speed,dist_stats   # a subset; other results are kept
 
