@@ -23,7 +23,6 @@ directory and `job.json` stay under --run-root), so an interrupted study resumes
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -112,13 +111,7 @@ def run_jobs(jobs: list[tuple], limits: dict, root: Path, done: list[dict], save
 
 
 def main() -> dict:
-    parser = common.new_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run-root", default=None)
-    common.add_json(parser, help="default: bench/results/budget[-VARIANT].json")
-    args = parser.parse_args()
-    name = next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
+    args, name = common.variant_args(__doc__, "bench/results/budget[-VARIANT].json")
     limits = LIMITS[name]
     root = Path(args.run_root or REPO / "runs" / "bench" / f"budget-{name}")
     root.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,18 @@ def add_json(
     parser.add_argument("--json", default=default, help=help)
 
 
+def variant_args(doc: str | None, json_default: str) -> tuple[argparse.Namespace, str]:
+    """Parse the options of a benchmark with full / --quick / --smoke variants (``--run-root``,
+    ``--json``); returns the arguments and the variant's name."""
+    parser = new_parser(doc)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-root", default=None)
+    add_json(parser, help=f"default: {json_default}")
+    args = parser.parse_args()
+    return args, next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
+
+
 def setup_torch(threads: int = 2) -> None:
     """At most ``threads`` torch threads (capped by the CPUs), and quiet library logging."""
     import torch

@@ -14,7 +14,6 @@ under `docs/results/`. `bench/report.py` turns the JSON into docs/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -149,15 +148,9 @@ def write_result(name: str, limits: dict, runs: list[dict], seconds: float, out:
 
 
 def main() -> dict:
-    parser = common.new_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run-root", default=None)
-    common.add_json(parser, help="default: bench/results/quality-VARIANT.json")
-    args = parser.parse_args()
+    args, name = common.variant_args(__doc__, "bench/results/quality-VARIANT.json")
     # 2 threads on the 2-core CI-sized machine; more where a GPU box has the cores to feed it
     common.setup_torch(8 if torch.cuda.is_available() else 2)
-    name = next((n for n in ("smoke", "quick") if getattr(args, n)), "full")
     limits = LIMITS[name]
     run_root = Path(args.run_root or f"runs/bench/quality-{name}")
     out = Path(args.json or common.RESULTS / f"quality-{name}.json")

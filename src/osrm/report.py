@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -94,18 +95,21 @@ def read_results(path: str | Path) -> list[Result]:
 _MATRICES = TypeAdapter(dict[str, dict[str, dict[str, float]]])
 
 
+def _validated(adapter: TypeAdapter, data: object, what: str, redo: str) -> Any:
+    """``adapter.validate_python(data)``, or one line: what, where, why, and how to redo it."""
+    try:
+        return adapter.validate_python(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise OsrmError(f"{what} (at {where}: {err['msg']}); {redo}") from None
+
+
 def read_interference(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """``interference.json``: init -> adapter -> task -> ratio, checked."""
     data = read_json(path, "interference matrices")
     redo = "delete it and re-run `osrm eval` to compute it again"
-    try:
-        matrices = _MATRICES.validate_python(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise OsrmError(
-            f"{path}: not interference matrices (at {where}: {err['msg']}); {redo}"
-        ) from None
+    matrices = _validated(_MATRICES, data, f"{path}: not interference matrices", redo)
     for init, m in matrices.items():  # adapter j -> task t, over the same tasks
         if not m or any(set(row) != set(m) for row in m.values()):
             raise OsrmError(f"{path}: init {init!r} is not a square matrix over its tasks; {redo}")
@@ -119,14 +123,8 @@ def read_budget_diagnostics(path: str | Path) -> dict[str, list[dict]]:
     """``budget_diagnostics.json``: ``{"rows": [...], "per_task": [...]}``, checked."""
     data = read_json(path, "budget diagnostics")
     redo = "delete it and re-run `osrm run` to compute it again"
-    try:
-        out = {k: _BUDGET_ROW.validate_python(data.get(k)) for k in ("rows", "per_task")}
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise OsrmError(
-            f"{path}: not budget diagnostics (at {where}: {err['msg']}); {redo}"
-        ) from None
+    what = f"{path}: not budget diagnostics"
+    out = {k: _validated(_BUDGET_ROW, data.get(k), what, redo) for k in ("rows", "per_task")}
     if any(not {"init", "step"} <= set(r) for r in out["rows"]):
         raise OsrmError(f"{path}: a row without 'init' and 'step'; {redo}")
     return out
