@@ -13,7 +13,7 @@ leaks); k identical adapters get 1/k (their sum would count the update k times).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import get_args
 
 import torch
@@ -42,6 +42,29 @@ def normal_equations(deltas: Tensor, grams: Tensor) -> tuple[Tensor, Tensor]:
     return g, b
 
 
+Factors = Sequence[tuple[Tensor, Tensor] | None]  # per task: (s·B (d_out, r), A (r, d_in)) or None
+
+
+def normal_equations_lora(factors: Factors, grams: Tensor) -> tuple[Tensor, Tensor]:
+    """G and b of one module from LoRA factors (None: the task has no update there), exactly
+    as :func:`normal_equations` on ΔW_j = s·B_j·A_j but without forming any ΔW:
+    ``tr(B_j A_j C_t A_lᵀ B_lᵀ) = ⟨B_jᵀ B_l, A_j C_t A_lᵀ⟩`` on (Σr × Σr) blocks."""
+    k = len(factors)
+    present = [(j, f) for j, f in enumerate(factors) if f is not None]
+    b_cat = torch.cat([f[0].double() for _, f in present], 1)  # (d_out, R)
+    a_cat = torch.cat([f[1].double() for _, f in present], 0)  # (R, d_in)
+    owner = torch.cat([torch.full((f[1].shape[0],), j) for j, f in present])  # (R,) task of row
+    one_hot = torch.nn.functional.one_hot(owner, k).double()  # (R, k)
+    gram_b = b_cat.T @ b_cat  # (R, R)
+    g = torch.zeros(k, k, dtype=torch.float64)
+    b = torch.zeros(k, dtype=torch.float64)
+    for t in range(grams.shape[0]):
+        blocks = one_hot.T @ (gram_b * (a_cat @ grams[t].double() @ a_cat.T)) @ one_hot  # (k, k)
+        g += blocks
+        b += blocks[:, t]
+    return g, b
+
+
 def solve_weights(g: Tensor, b: Tensor, ridge: float = RIDGE) -> Tensor:
     """λ (k,) = (G + ρI)⁻¹ (b + ρ/k); ρ = ridge · tr(G)/k. A zero G (all updates silent on
     every input) gives uniform 1/k."""
@@ -57,12 +80,13 @@ def solve_weights(g: Tensor, b: Tensor, ridge: float = RIDGE) -> Tensor:
 
 
 def auto_weights(
-    modules: Iterable[tuple[str, Tensor]],
+    modules: Iterable[tuple[str, Tensor | Factors]],
     grams: Callable[[str], Tensor | None],
     per_module: bool = False,
     ridge: float = RIDGE,
 ) -> dict[str, Tensor]:
-    """Module name -> λ (k,) float64 from ``(name, deltas (k, d_out, d_in))`` pairs and
+    """Module name -> λ (k,) float64 from ``(name, deltas (k, d_out, d_in))`` pairs (or
+    ``(name, per-task LoRA factors)``, see :func:`normal_equations_lora`) and
     ``grams(name)`` -> (k, d_in, d_in) per-token second moments (one per task, in the deltas'
     order). One λ for all modules (from the sum of their systems) unless ``per_module``; a
     module without statistics (``grams`` gives None, e.g. a LayerNorm of a full fine-tune) takes
@@ -72,11 +96,13 @@ def auto_weights(
         OsrmError: no module has statistics, or a non-finite solution.
     """
     systems, names = {}, []
-    for name, deltas in modules:
+    for name, update in modules:
         names.append(name)
         moments = grams(name)
-        if moments is not None:
-            systems[name] = normal_equations(deltas, moments)
+        if moments is None:
+            continue
+        dense = isinstance(update, Tensor)
+        systems[name] = (normal_equations if dense else normal_equations_lora)(update, moments)
     if not systems:
         raise OsrmError("weights auto: no module has input statistics")
     g = sum(g for g, _ in systems.values())

@@ -65,7 +65,11 @@ def resolve_weights(
         raise OsrmError(f"weights: expected numbers or one of {list(AUTO_MODES)}, got {weights!r}")
     if grams is None:
         raise OsrmError(f"weights {weights}: needs statistics, one file per adapter (--stats)")
-    modules = ((name, _stack(sources, name)) for name in sorted(set().union(*sources)))
+    names = sorted(set().union(*sources))
+    if all(isinstance(s, LoraDeltas) for s in sources):  # from the factors: no dense ΔW
+        modules = ((n, [s.factors(n) if n in s else None for s in sources]) for n in names)
+    else:
+        modules = ((n, _stack(sources, n)) for n in names)
     return auto_weights(modules, grams, per_module=weights == "auto-per-module")
 
 

@@ -36,7 +36,7 @@ from osrm.merging import (
 from osrm.merging.auto_weights import AUTO_MODES
 from osrm.merging.merge import resolve_weights
 from osrm.merging.outputs import write_dense
-from osrm.merging.record import build_manifest, hp_record
+from osrm.merging.record import build_manifest, hp_record, weights_record
 from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
 from osrm.rundir import RESULTS_FILE, merged_dir, retrofit_dir, run_path, stats_file
@@ -239,7 +239,7 @@ def _eval_adapters(
             with use_head(backbone, heads[task]) as model:
                 _append(path, _score(cfg, model, tok, specs[task], kind="base", **series))
     sources = load_adapters(dirs)
-    grams = None
+    grams, solved = None, {}  # auto weights depend on the adapters only: solved once per mode
     for method, hp in grid:
         key = (init, "merged", method, hp_string(hp), step)
         todo = [t for t in tasks if (key, t) not in done]
@@ -250,7 +250,12 @@ def _eval_adapters(
             grams = gram_lookup([stats_file(run_dir, t) for t in tasks], sources)
         at = "" if step is None else f" at step {step}"
         log.info("merging %s adapters%s: %s %s", init, at, method, hp_string(hp))
-        weights = resolve_weights(weights, sources, grams)
+        if isinstance(weights, str):
+            if weights not in solved:
+                solved[weights] = resolve_weights(weights, sources, grams)
+                log.info("%s weights of %s%s: %s", weights, init, at,
+                         weights_record(solved[weights], len(sources)))  # fmt: skip
+            weights = solved[weights]
         own = without_weights(hp)
         merged = merge_split(sources, method, weights, grams if needs_stats else None, own)
         if cfg.merge.save and step is None and distributed.is_main():
