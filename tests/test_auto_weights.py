@@ -121,10 +121,13 @@ def test_factored_system_equals_the_dense_one():
     from osrm.merging.auto_weights import normal_equations_lora
 
     d_out, d = 5, 7
-    factors = [(torch.randn(d_out, 2, generator=gen(1)), torch.randn(2, d, generator=gen(2))),
-               (torch.randn(d_out, 3, generator=gen(3)), torch.randn(3, d, generator=gen(4))),
+    f64 = {"dtype": torch.float64}
+    factors = [(torch.randn(d_out, 2, generator=gen(1), **f64),
+                torch.randn(2, d, generator=gen(2), **f64)),
+               (torch.randn(d_out, 3, generator=gen(3), **f64),
+                torch.randn(3, d, generator=gen(4), **f64)),
                None]  # fmt: skip
-    dense = torch.stack([f[0] @ f[1] if f else torch.zeros(d_out, d) for f in factors])
+    dense = torch.stack([f[0] @ f[1] if f else torch.zeros(d_out, d, **f64) for f in factors])
     x = torch.randn(3, 12, d, generator=gen(5), dtype=torch.float64)
     grams = x.transpose(1, 2) @ x / 12
     g_dense, b_dense = normal_equations(dense, grams)
