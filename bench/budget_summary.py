@@ -99,7 +99,8 @@ def goal(rows: Sequence[Mapping], reference: str = "lora") -> dict:
     SINGLE_POINTS below?"""
     ref = {r["step"]: r for r in rows if r["label"] == reference}
     out = {}
-    for label in dict.fromkeys(r["label"] for r in rows if r["label"] != reference):
+    trained = [r["label"] for r in rows if r["label"] != reference and "+rf" not in r["label"]]
+    for label in dict.fromkeys(trained):
         checks = []
         for r in (r for r in rows if r["label"] == label and r["step"] in ref):
             base = ref[r["step"]]
@@ -111,6 +112,46 @@ def goal(rows: Sequence[Mapping], reference: str = "lora") -> dict:
                 checks.append({"step": r["step"], "method": method, "diff": diff,
                                "spread": spread, "single_diff": single, "met": met})  # fmt: skip
         out[label] = {"met": bool(checks) and all(c["met"] for c in checks), "checks": checks}
+    return out
+
+
+def retrofit_goal(rows: Sequence[Mapping], trained: str = "osrm") -> dict:
+    """Issue 16 per retrofitted series: its normalised merged average minus ``trained``'s (TA and
+    TIES, every step; the goal: >= 0) and its single-task average minus the adapters it was made
+    from (the goal: within 0.01)."""
+    at = {(r["label"], r["step"]): r for r in rows}
+    out = {}
+    for label in dict.fromkeys(r["label"] for r in rows if "+rf" in r["label"]):
+        source, checks = label.split("+rf")[0], []
+        for r in (r for r in rows if r["label"] == label):
+            other, base = at.get((trained, r["step"])), at.get((source, r["step"]))
+            if not other or not base:
+                continue
+            single = r["individual"]["mean"] - base["individual"]["mean"]
+            for method in ("task_arithmetic", "ties"):
+                diff = r[method]["norm_avg"]["mean"] - other[method]["norm_avg"]["mean"]
+                met = diff >= 0 and abs(single) <= 0.01
+                checks.append({"step": r["step"], "method": method, "diff": diff,
+                               "single_diff": single, "met": met})  # fmt: skip
+        out[label] = {"met": bool(checks) and all(c["met"] for c in checks), "checks": checks}
+    return out
+
+
+def auto_gap(rows: Sequence[Mapping], merged: Sequence[Mapping]) -> list[dict]:
+    """Issue 16 per setting and step: task arithmetic with auto weights at scale 1 (no search)
+    against its best grid scale with the given weights and against scale 1: normalised average
+    differences (the goal: within 0.01 of the best grid λ)."""
+    out = []
+    for r in rows:
+        auto, best = r.get("task_arithmetic+auto@1"), r.get("task_arithmetic")
+        if auto and best:
+            a, g = auto["norm_avg"]["mean"], best["norm_avg"]["mean"]
+            one = next((m["norm_avg"]["mean"] for m in merged if m["norm_avg"] and
+                        (m["label"], m["step"], m["method"], m["hp"]) ==
+                        (r["label"], r["step"], "task_arithmetic", "scale=1.0")), None)  # fmt: skip
+            out.append({"label": r["label"], "step": r["step"], "auto": a, "best_grid": g,
+                        "best_hp": best["hp"], "gap": a - g, "scale_one": one,
+                        "gap_one": None if one is None else a - one})  # fmt: skip
     return out
 
 
@@ -133,6 +174,7 @@ def summarise(
         "finished_seeds": sorted({j["seed"] for j in jobs}), "limits": dict(limits), "tasks": tasks,
         "budgets": [*limits["checkpoints"], steps], "jobs": list(jobs), "merged": merged,
         "single": single, "diagnostics": diag_pooled, "headline": table, "goal": goal(table),
+        "retrofit_goal": retrofit_goal(table), "auto_gap": auto_gap(table, merged),
         "wall_seconds": seconds, "job_seconds": sum(j["seconds"] for j in jobs),
     }  # fmt: skip
 

@@ -84,6 +84,34 @@ def goal_lines(goal: Mapping) -> list[str]:
     return lines
 
 
+def issue16_lines(data: Mapping) -> list[str]:
+    """Retrofitted `lora` against `osrm`-trained adapters, and auto weights against the grid."""
+    lines = []
+    for label, g in (data.get("retrofit_goal") or {}).items():
+        if not g["checks"]:
+            continue
+        worst = min(g["checks"], key=lambda c: c["diff"])
+        single = max(g["checks"], key=lambda c: abs(c["single_diff"]))
+        verdict = "**met**" if g["met"] else "not met"
+        lines.append(
+            f"- `{label}` against `osrm`: {verdict}. Smallest normalised merged difference "
+            f"{worst['diff']:+.3f} ({worst['method']}, {worst['step']} steps); single-task "
+            f"average against the adapters it was made from at most {single['single_diff']:+.3f}."
+        )
+    gaps = data.get("auto_gap") or []
+    if gaps:
+        table = [{"step": g["step"], "label": g["label"], "auto": f"{g['auto']:.3f}",
+                  "grid": f"{g['best_grid']:.3f} ({g['best_hp']})", "gap": f"{g['gap']:+.3f}",
+                  "one": "" if g["gap_one"] is None else f"{g['gap_one']:+.3f}"}
+                 for g in sorted(gaps, key=lambda g: (g["step"], g["label"]))]  # fmt: skip
+        columns = {"step": "steps", "label": "setting", "auto": "TA, auto weights, scale 1",
+                   "grid": "TA, best grid scale", "gap": "gap", "one": "gap, scale 1"}  # fmt: skip
+        lines += ["", "Task arithmetic with weights from the statistics (no search) against "
+                  "the best scale of the grid and against scale 1 (normalised averages, mean "
+                  "over seeds):", "", markdown_table(table, columns)]  # fmt: skip
+    return lines
+
+
 def budget_body(inputs: Inputs, data: dict) -> list[str]:
     """The section's lines from ``budget.json``."""
     rows, variant = data["headline"], data.get("variant", "full")
@@ -122,6 +150,17 @@ def budget_body(inputs: Inputs, data: dict) -> list[str]:
         "",
         *goal_lines(data["goal"]),
         "",
+        *(
+            [
+                "Issue 16, on the same runs (no extra training): retrofitted `lora` adapters and "
+                "task weights from the statistics.",
+                "",
+                *extra,
+                "",
+            ]
+            if (extra := issue16_lines(data))
+            else []
+        ),
         *figures,
         "",
         *notes,
