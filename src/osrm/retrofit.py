@@ -30,8 +30,8 @@ from osrm.diagnostics import response_energy
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.merging.deltas import CONFIG_FILE, WEIGHTS_FILE, LoraDeltas
+from osrm.merging.grams import GramLookup, StatsSource, gram_lookup
 from osrm.merging.loading import load_adapters
-from osrm.merging.merge import GramLookup, StatsSource, gram_lookup
 from osrm.merging.record import stats_record, task_names
 from osrm.safety import PROVENANCE_FILE
 
@@ -145,7 +145,7 @@ def retrofit_adapters(
     """Retrofit k >= 2 adapters against each other's statistics into ``out_dir/<task>/``.
 
     Statistics are matched to adapters by task name and base model (never by position, see
-    :func:`osrm.merging.merge.match_stats`); ``tasks`` names adapters that carry no osrm task.
+    :func:`osrm.merging.grams.match_stats`); ``tasks`` names adapters that carry no osrm task.
     Everything is computed and checked before the first write; each output is a plain peft
     adapter (same config, B and head) with ``osrm_retrofit.json`` (μ, sources' and statistics'
     hashes, kept/removed per module and overall), sealed.

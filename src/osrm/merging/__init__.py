@@ -11,8 +11,9 @@ methods, truncated SVD otherwise), each with a JSON record of the merge.
 from osrm.heads import load_head, save_heads
 from osrm.merging.deltas import LoraDeltas, file_sha256, lora_deltas
 from osrm.merging.full_deltas import HEAD_NAMES, FullDeltas, full_deltas
+from osrm.merging.grams import gram_lookup
 from osrm.merging.loading import check_same_base, coverage_gaps, load_adapters
-from osrm.merging.merge import gram_lookup, iter_merged, merge_adapters, merge_deltas
+from osrm.merging.merge import iter_merged, merge_adapters, merge_deltas
 from osrm.merging.methods import (
     breadcrumbs,
     dare_linear,

@@ -22,17 +22,10 @@ from osrm.errors import OsrmError
 from osrm.guards import check_finite
 from osrm.heads import first_head, save_heads, use_head
 from osrm.merging.deltas import LoraDeltas
+from osrm.merging.grams import GramLookup, StatsSource, gram_lookup
 from osrm.merging.loading import load_adapters
 from osrm.merging.lora_files import concat_factors, pick_head, write_adapter
-from osrm.merging.merge import (
-    GramLookup,
-    StatsSource,
-    Weights,
-    gram_lookup,
-    iter_merged,
-    resolve_weights,
-    weights_for,
-)
+from osrm.merging.merge import Weights, iter_merged, resolve_weights, weights_for
 from osrm.merging.record import (
     build_manifest,
     hp_record,
