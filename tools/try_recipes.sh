@@ -97,7 +97,7 @@ s = s.replace("class Command(NamedTuple):", '''def _cmd_tasks(args: argparse.Nam
 
 class Command(NamedTuple):''', 1)
 s = s.replace('''    "demo": Command(''', '''    "tasks": Command(
-        _config_args, _cmd_tasks, "list a config's tasks", ("osrm tasks configs/demo.yaml",),
+        config_args, _cmd_tasks, "list a config's tasks", ("osrm tasks configs/demo.yaml",),
     ),
     "demo": Command(''', 1)
 p.write_text(s)

@@ -19,20 +19,15 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, NoReturn
 
 from osrm import __version__, progress
-from osrm.argtypes import (
-    finite_float,
-    int_range,
-    non_negative_float,
-    positive_int,
-    seed_int,
-    weight_arg,
+from osrm.cli_options import (
+    config_args,
+    demo_options,
+    eval_options,
+    merge_options,
+    report_options,
+    retrofit_options,
 )
 from osrm.errors import OsrmError
-
-
-def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. lora.rank=16")
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -95,81 +90,11 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     pipeline.demo(args.run_dir, args.overrides, quick=args.quick)
 
 
-def _add_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "config", nargs="?", help="YAML config: evaluate its base/individual/merged models"
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
-    p.add_argument("--adapter", help="a peft adapter directory (with its task head)")
-    p.add_argument("--merged", help="a merged output (dense or LoRA) written by `osrm merge`")
-    p.add_argument("--task", help="task name (registry) for --adapter/--merged")
-    p.add_argument(
-        "--base", help="base model for --adapter/--merged (default: the one they record)"
-    )
-    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    p.add_argument("--max-examples", type=positive_int, default=None)
-    p.add_argument("--max-length", type=int_range(2), default=128)
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--seed", type=seed_int, default=0, help="split seed")
-
-
-def _add_merge(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "adapters", nargs="+", metavar="ADAPTER", help="adapter dirs (or hub names online)"
-    )
-    p.add_argument("--method", required=True, help="merge method, e.g. task_arithmetic, ties")
-    p.add_argument("--out", required=True, help="output directory (written atomically)")
-    p.add_argument(
-        "--weights", type=weight_arg, nargs="+", metavar="W",
-        help="one weight per adapter (default 1), or `auto` / `auto-per-module`: the λ that "
-        "minimise the merged update's error on every task's inputs (needs --stats)",
-    )  # fmt: skip
-    p.add_argument("--scale", type=finite_float, help="λ: scale of the merged delta")
-    p.add_argument("--density", type=finite_float, help="fraction kept (TIES, DARE, pruning)")
-    p.add_argument("--seed", type=seed_int, help="seed of random methods (DARE)")
-    p.add_argument(
-        "--normalize", action="store_true",
-        help="TIES/DARE-TIES: divide by the agreeing tasks' summed weights (mergekit), "
-        "not by their count",
-    )  # fmt: skip
-    p.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="other hyperparameters")
-    p.add_argument("--format", choices=["dense", "lora"], default="dense")
-    p.add_argument("--rank", type=positive_int, help="LoRA output: truncate to this rank (SVD)")
-    p.add_argument("--base", help="dense output: base model (default: the adapters' base)")
-    p.add_argument(
-        "--stats", nargs="+", help="regmean and --weights auto: one statistics file per adapter"
-    )
-    p.add_argument("--tasks", nargs="+", help="task names of the adapters (default: from them)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-
-
-def _add_retrofit(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "adapters", nargs="+", metavar="ADAPTER",
-        help="adapter dirs, or TASK=DIR for adapters that carry no osrm task name",
-    )  # fmt: skip
-    p.add_argument("--stats", nargs="+", required=True, help="one statistics file per task")
-    p.add_argument("--mu", type=non_negative_float, required=True,
-                   help="weight of the other tasks' output removed (0: unchanged)")  # fmt: skip
-    p.add_argument("--out", required=True, help="output directory: one adapter per task inside")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-
-
 def _cmd_retrofit(args: argparse.Namespace) -> None:
     from osrm import adapter_commands, locking
 
     with locking.held(locking.beside(args.out), f"--out {args.out}"):
         print(json.dumps(adapter_commands.retrofit(args), indent=2))
-
-
-def _add_report(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", help="a run directory")
-
-
-def _add_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--quick", action="store_true", help="3 tasks, small limits (< 5 minutes)")
-    p.add_argument("--run-dir", default=None, help="where artifacts go (default: runs/demo)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
 
 
 class Command(NamedTuple):
@@ -182,38 +107,38 @@ class Command(NamedTuple):
 # name -> (add_arguments, handler, help, examples): one row per command
 COMMANDS: dict[str, Command] = {
     "run": Command(
-        _config_args, _cmd_run,
+        config_args, _cmd_run,
         "the whole job: statistics, OSRM bases, training, merging, evaluation, report",
         ("osrm run configs/demo.yaml",
          "osrm run configs/demo.yaml lora.rank=16 run_dir=runs/r16",
          "osrm run configs/offline-suite.yaml 'merge.methods={ties: {density: [0.1, 0.2]}}'"),
     ),
     "stats": Command(
-        _config_args, _cmd_stats,
+        config_args, _cmd_stats,
         "activation statistics per task and the OSRM subspace diagnostics",
         ("osrm stats configs/demo.yaml", "osrm stats configs/demo.yaml stats.examples=512"),
     ),
     "train": Command(
-        _config_args, _cmd_train,
+        config_args, _cmd_train,
         "train one adapter per (init, task) of a config (statistics first if needed)",
         ("osrm train configs/demo.yaml", "osrm train configs/demo.yaml 'lora.inits=[osrm]'"),
     ),
     "eval": Command(
-        _add_eval, _cmd_eval,
+        eval_options, _cmd_eval,
         "evaluate a config's models, or one adapter / merged model on a task",
         ("osrm eval configs/demo.yaml",
          "osrm eval --adapter runs/demo/adapters/osrm/trec --task trec",
          "osrm eval --merged merged/ta --task sms_spam --split test"),
     ),
     "merge": Command(
-        _add_merge, _cmd_merge,
+        merge_options, _cmd_merge,
         "merge peft LoRA adapters (any ranks) into a dense model or a LoRA adapter",
         ("osrm merge a/ b/ c/ --method ties --density 0.2 --out merged/ties",
          "osrm merge a/ b/ --method task_arithmetic --scale 0.5 --format lora --out merged/ta",
          "osrm merge a/ b/ --method regmean --stats a.safetensors b.safetensors --out merged/rm"),
     ),
     "retrofit": Command(
-        _add_retrofit, _cmd_retrofit,
+        retrofit_options, _cmd_retrofit,
         "make existing LoRA adapters merge-ready from statistics (no training)",
         ("osrm retrofit runs/demo/adapters/lora/* --stats runs/demo/stats/*.safetensors "
          "--mu 0.5 --out retro/",
@@ -221,12 +146,12 @@ COMMANDS: dict[str, Command] = {
          "--mu 1 --out retro/"),
     ),
     "report": Command(
-        _add_report, _cmd_report,
+        report_options, _cmd_report,
         "rebuild results.md/csv, plots and report.html of a run directory",
         ("osrm report runs/demo",),
     ),
     "demo": Command(
-        _add_demo, _cmd_demo,
+        demo_options, _cmd_demo,
         "the embedded default on real offline data (all-MiniLM-L6-v2, 6 tasks)",
         ("osrm demo", "osrm demo --quick", "osrm demo --run-dir /tmp/demo train.steps=50"),
     ),
