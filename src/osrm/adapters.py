@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from osrm import __version__
 from osrm.artifacts import MANIFEST_FILE, atomic_dir, seal_dir, verify_dir
 from osrm.config import ExperimentConfig
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 from osrm.guards import check_finite
 from osrm.loaders import read_json
 from osrm.safety import ADAPTER_WEIGHTS, PROVENANCE_FILE, require_safetensors
@@ -202,7 +202,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> PeftModel:
             warnings.simplefilter("ignore", UserWarning)
             return PeftModel.from_pretrained(model, str(adapter_dir))
     except (ValueError, RuntimeError, KeyError, TypeError) as e:
-        text = " ".join(str(e).split())
+        text = one_line(e)
         raise OsrmError(
             f"{adapter_dir}: peft cannot load this adapter onto the base model ({text[:300]})"
         ) from None

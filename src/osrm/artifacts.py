@@ -27,7 +27,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 from osrm.loaders import read_json
 
 MANIFEST_FILE = "osrm_manifest.json"
@@ -60,7 +60,7 @@ def write_error(path: Path, err: OSError | SafetensorError) -> OsrmError:
     # safetensors wraps the OS error in its own text: 'IoError(Os { ..., message: "File too
     # large" })'; keep the OS message when there is one
     found = re.search(r'message: "([^"]*)"|I/O error: (.+?) \(os error \d+\)', str(err))
-    text = next(g for g in found.groups() if g) if found else " ".join(str(err).split())
+    text = next(g for g in found.groups() if g) if found else one_line(err)
     return OsrmError(f"cannot write {path}: {text}")
 
 

@@ -27,7 +27,7 @@ from osrm.cli_options import (
     report_options,
     retrofit_options,
 )
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -209,7 +209,7 @@ def error_line(err: BaseException) -> str:
         text = f"{where}{err.strerror or err}"
     else:
         text = str(err)
-    return "osrm: error: " + " ".join(text.split())
+    return "osrm: error: " + one_line(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 from osrm.inits import INITS, MEAN_BASES, MODES, WEIGHTINGS
 from osrm.safety import check_name
 from osrm.schema import Section, first_error
@@ -277,7 +277,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def _problem(e: yaml.YAMLError) -> str:
     """YAML's complaint on one line (a ReaderError, from control characters, has no .problem)."""
-    return " ".join(str(getattr(e, "problem", None) or e).split())
+    return one_line(getattr(e, "problem", None) or e)
 
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> ExperimentConfig:

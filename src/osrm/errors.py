@@ -8,3 +8,9 @@ prints that line and exits with status 2; programming errors keep their tracebac
 
 class OsrmError(ValueError):
     """A usage or input error, reported as one line (CLI exit status 2)."""
+
+
+def one_line(message: object) -> str:
+    """``message`` (an exception or text) with every run of whitespace, newlines included,
+    collapsed to one space: what reaches the user is always a single line."""
+    return " ".join(str(message).split())

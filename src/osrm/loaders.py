@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 
 log = logging.getLogger(__name__)
 _REDO = "delete it (or restore it) and re-run"
@@ -62,7 +62,7 @@ def read_yaml(path: str | os.PathLike, what: str, expect: type | None = dict) ->
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        problem = one_line(getattr(e, "problem", None) or e)
         raise OsrmError(f"{path}{where}: {what} is not valid YAML ({problem})") from None
     if data is None and expect is not None:
         data = expect()

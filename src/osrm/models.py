@@ -21,7 +21,7 @@ from osrm.adapters import load_adapter
 from osrm.artifacts import atomic_dir
 from osrm.assets import asset_cache, package_dir
 from osrm.config import ExperimentConfig
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 from osrm.heads import head_outputs, read_head, swap_head
 from osrm.merging import MANIFEST_FILE, read_manifest
 
@@ -103,7 +103,7 @@ def _offline() -> bool:
 
 def load_error(name: str, path: str, err: Exception) -> OsrmError:
     """One line for a model that transformers cannot (or, without remote code, may not) load."""
-    text = " ".join(str(err).split())
+    text = one_line(err)
     if "trust_remote_code" in text:
         return OsrmError(
             f"model.name {name!r}: {path} needs its own Python code to load; osrm runs it only "
@@ -248,7 +248,7 @@ def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple
                 str(merged), use_safetensors=True
             )
         except (OSError, ValueError) as e:
-            text = " ".join(str(e).split())[:300]
+            text = one_line(e)[:300]
             raise OsrmError(f"{merged}: cannot load the merged model ({text})") from None
         model.config.pad_token_id = tokenizer.pad_token_id
     swap_head(model, head)

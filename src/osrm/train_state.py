@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from osrm.artifacts import write_safetensors
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 
 log = logging.getLogger(__name__)
 FORMAT = "osrm.checkpoint/1"
@@ -91,7 +91,7 @@ def load_checkpoint(
         state = Checkpoint(**json.loads(metadata["state"]))
         groups, sched = json.loads(metadata["param_groups"]), json.loads(metadata["scheduler"])
     except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-        log.warning("ignoring %s: unreadable (%s); starting over", path, " ".join(str(e).split()))
+        log.warning("ignoring %s: unreadable (%s); starting over", path, one_line(e))
         return None
     if metadata.get("format") != FORMAT or state.fingerprint != fingerprint:
         log.warning("ignoring %s: it belongs to another run", path)

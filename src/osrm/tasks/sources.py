@@ -23,7 +23,7 @@ from datasets import Dataset, load_dataset
 
 from osrm.artifacts import atomic_file
 from osrm.assets import asset_cache, package_file
-from osrm.errors import OsrmError
+from osrm.errors import OsrmError, one_line
 from osrm.tasks.spec import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def read_glue(spec: TaskSpec) -> dict[str, Dataset]:
         }
     except OSError as err:  # ConnectionError when offline
         raise OsrmError(
-            f"task '{spec.name}': cannot load nyu-mll/glue '{spec.subset}' ({_line(err)}); "
+            f"task '{spec.name}': cannot load nyu-mll/glue '{spec.subset}' ({one_line(err)}); "
             "GLUE needs the Hugging Face Hub once (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)"
         ) from err
 
@@ -183,7 +183,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     try:
         return reader(path)
     except (ValueError, OSError) as err:  # pandas' parser errors are ValueErrors
-        raise OsrmError(f"file {path}: cannot read as {path.suffix[1:]}: {_line(err)}") from err
+        raise OsrmError(f"file {path}: cannot read as {path.suffix[1:]}: {one_line(err)}") from err
 
 
 def read_files(spec: TaskSpec) -> dict[str, Dataset]:
@@ -194,7 +194,7 @@ def read_files(spec: TaskSpec) -> dict[str, Dataset]:
         try:
             out[split] = Dataset.from_pandas(table, preserve_index=False)
         except (TypeError, ValueError) as err:  # e.g. a JSONL column mixing numbers and strings
-            raise OsrmError(f"file {path}: a column mixes value types ({_line(err)})") from err
+            raise OsrmError(f"file {path}: a column mixes value types ({one_line(err)})") from err
     return out
 
 
@@ -221,8 +221,3 @@ def read_raw(spec: TaskSpec) -> dict[str, Dataset]:
     """Run the spec's source reader: ``{source split name: Dataset with the source's columns}``."""
     check_source(spec.name, spec.source)
     return SOURCES[spec.source](spec)
-
-
-def _line(err: BaseException) -> str:
-    """An exception message on one line (errors reach the CLI as a single line)."""
-    return " ".join(str(err).split())
