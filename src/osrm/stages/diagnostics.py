@@ -13,14 +13,14 @@ from osrm.adapters import RECORD_FILE
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import interference_matrix
 from osrm.drift import Snapshot, budget_diagnostics
+from osrm.linalg import StatsByTask
 from osrm.loaders import read_json
 from osrm.merging import load_adapters
 from osrm.rundir import budget_dir
-from osrm.stages.statistics import TaskStats
 
 
 def interference_stage(
-    cfg: ExperimentConfig, adapters: Mapping[tuple[str, str], Path], stats_by_task: TaskStats
+    cfg: ExperimentConfig, adapters: Mapping[tuple[str, str], Path], stats_by_task: StatsByTask
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Per init, the cross-task interference ratios ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ (method.md §6)."""
     out = {}
@@ -44,7 +44,7 @@ def budget_stage(
     cfg: ExperimentConfig,
     run_dir: Path,
     adapters: Mapping[tuple[str, str], Path],
-    stats_by_task: TaskStats,
+    stats_by_task: StatsByTask,
     matrices: Mapping[str, Mapping[str, Mapping[str, float]]] | None = None,
 ) -> dict[str, list[dict]]:
     """Drift, energies and interference at every budget (``budgets/0`` = A as initialised) and

@@ -16,9 +16,9 @@ from osrm.artifacts import seal_files, verify_file
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
+from osrm.linalg import StatsByTask
 from osrm.rundir import stats_file
 from osrm.stats import (
-    LayerStats,
     StatsMeta,
     collect_stats,
     find_target_modules,
@@ -33,7 +33,6 @@ from osrm.tasks.spec import TaskSpec
 
 log = logging.getLogger(__name__)
 
-TaskStats = dict[str, dict[str, LayerStats]]  # task -> module -> statistics
 ModeBases = dict[str, dict[str, dict[str, Tensor]]]  # mode -> task -> module -> (rank, d_in) A
 
 
@@ -43,7 +42,7 @@ def stats_stage(
     specs: Mapping[str, TaskSpec],
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-) -> tuple[TaskStats, dict[str, StatsMeta]]:
+) -> tuple[StatsByTask, dict[str, StatsMeta]]:
     """Statistics of every task: reuse ``stats/<task>.safetensors`` if it matches, else collect.
 
     A file is reused only if ``stats/osrm_manifest.json`` lists it with its sha256 (a file
@@ -97,7 +96,7 @@ def subspace_options(cfg: ExperimentConfig) -> dict:
 
 def solve_bases(
     cfg: ExperimentConfig,
-    stats_by_task: TaskStats,
+    stats_by_task: StatsByTask,
     metas: dict[str, StatsMeta],
     task: str,
     mode: str,
@@ -108,7 +107,7 @@ def solve_bases(
 
 
 def subspace_stage(
-    cfg: ExperimentConfig, stats_by_task: TaskStats, metas: dict[str, StatsMeta]
+    cfg: ExperimentConfig, stats_by_task: StatsByTask, metas: dict[str, StatsMeta]
 ) -> tuple[ModeBases, dict[str, list[dict]]]:
     """OSRM bases of every task in every configured mode, and their summary per task.
 

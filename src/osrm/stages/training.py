@@ -19,9 +19,10 @@ from osrm.config import ExperimentConfig, TrainSection
 from osrm.constraints import constrain_a, interference_penalty, penalty_moments
 from osrm.errors import OsrmError
 from osrm.inits import INITS
+from osrm.linalg import StatsByTask
 from osrm.models import load_base
 from osrm.rundir import adapter_dir, budget_dir
-from osrm.stages.statistics import ModeBases, TaskStats, solve_bases, subspace_options
+from osrm.stages.statistics import ModeBases, solve_bases, subspace_options
 from osrm.stats import (
     StatsMeta,
     find_target_modules,
@@ -74,7 +75,7 @@ def adapter_stage(
     cfg: ExperimentConfig,
     run_dir: Path,
     specs: Mapping[str, TaskSpec],
-    stats_by_task: TaskStats,
+    stats_by_task: StatsByTask,
     metas: dict[str, StatsMeta],
     solved: ModeBases | None = None,
 ) -> dict[tuple[str, str], Path]:
@@ -127,7 +128,7 @@ def adapter_stage(
 def keep_a_inputs(
     bases: dict[str, torch.Tensor],
     cfg: ExperimentConfig,
-    stats_by_task: TaskStats,
+    stats_by_task: StatsByTask,
     metas: dict[str, StatsMeta],
     task: str,
     mode: str,
