@@ -39,10 +39,10 @@ import common  # noqa: E402
 REPO = common.REPO
 CONFIG = REPO / "configs" / "offline-suite.yaml"
 TASKS = "rotten_tomatoes,trec,sms_spam,vader_movies,tweet_sentiment,epistemic_reasoning"
-# weights: auto (issue 16) beside the given weights for TA (every scale) and TIES
+# weights: auto (issue 16) beside the given weights: TA at scale 1 (no search), TIES
 GRID = (
-    "merge.methods={task_arithmetic: {scale: [0.2, 0.4, 0.6, 0.8, 1.0], weights: [given, auto]}, "
-    "ties: {density: 0.2, scale: 1.0, weights: [given, auto]}, "
+    "merge.methods={task_arithmetic: [{scale: [0.2, 0.4, 0.6, 0.8, 1.0]}, "
+    "{scale: 1.0, weights: auto}], ties: {density: 0.2, scale: 1.0, weights: [given, auto]}, "
     "dare_ties: {density: 0.5, scale: 1.0}, regmean: {alpha: 0.9}}"
 )
 # issue 16: plain LoRA's adapters (final and every budget) retrofitted at two μ, no training

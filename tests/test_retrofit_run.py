@@ -73,3 +73,23 @@ def test_config_without_retrofit_dumps_as_before(retro_run):
     assert "retrofit:" not in dump_config(cfg)
     with pytest.raises(Exception, match="merge.retrofit.inits"):
         load_config(config, ["merge.retrofit={mu: [1.0], inits: [contrast]}"])
+
+
+def test_a_method_may_list_several_grids(retro_run):
+    """The union of each grid's product, without repeats, in order; each grid checked."""
+    from osrm.stages.evaluation import merge_grid
+
+    config, _ = retro_run
+    grids = (
+        "merge.methods={task_arithmetic: "
+        "[{scale: [0.5, 1.0]}, {scale: 1.0, weights: auto}, {scale: 0.5}]}"
+    )
+    cfg = load_config(config, [grids])
+    assert merge_grid(cfg) == [
+        ("task_arithmetic", {"scale": 0.5}),
+        ("task_arithmetic", {"scale": 1.0}),
+        ("task_arithmetic", {"scale": 1.0, "weights": "auto"}),
+    ]
+    bad = "merge.methods={ties: [{density: 0.2}, {density: 2.0}]}"
+    with pytest.raises(Exception, match="merge.methods.ties: density"):
+        merge_grid(load_config(config, [bad]))

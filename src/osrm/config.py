@@ -178,7 +178,7 @@ class MergeSection(Section):
 
     omit_when_default = frozenset({"retrofit"})
 
-    methods: dict[str, dict[str, Any] | None] = Field(
+    methods: dict[str, dict[str, Any] | list[dict[str, Any]] | None] = Field(
         default_factory=lambda: {"task_arithmetic": {"scale": [0.3, 0.5, 0.7, 1.0]}}, min_length=1
     )
     weights: list[float] | WeightMode | None = Field(

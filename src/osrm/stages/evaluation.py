@@ -47,32 +47,43 @@ log = logging.getLogger(__name__)
 
 
 def merge_grid(cfg: ExperimentConfig) -> list[tuple[str, dict[str, Any]]]:
-    """Every (method, hyperparameters) setting: the product of each method's value lists.
+    """Every (method, hyperparameters) setting: the product of each method's value lists, or
+    the union of such products when a method lists several grids (``[{scale: [0.5, 1]},
+    {scale: 1, weights: auto}]``), without repeats.
 
     Random methods get ``seed = cfg.seed`` unless the config sets one. Names and values are
     checked here, so a typo fails before any training rather than after it.
     """
     grid = []
-    for method, space in cfg.merge.methods.items():
+    for method, spaces in cfg.merge.methods.items():
         if method not in METHODS:
             raise OsrmError(f"merge.methods: unknown method {method!r}; valid: {sorted(METHODS)}")
-        space = dict(space or {})
-        if METHODS[method].random:
-            space.setdefault("seed", cfg.seed)
-        keys = sorted(space)
-        values = [v if isinstance(v, list) else [v] for v in (space[k] for k in keys)]
-        for combo in itertools.product(*values):
-            hp = dict(zip(keys, combo, strict=True))
-            try:
-                weights = setting_weights(cfg, hp)
-                numeric = None if isinstance(weights, str) else weights
-                validate_hyperparameters(method, without_weights(hp), numeric)
-            except OsrmError as e:
-                raise OsrmError(f"merge.methods.{method}: {e}") from None
-            if hp.get("weights") == GIVEN:
-                del hp["weights"]  # the same setting as no `weights` key: one result key
-            grid.append((method, hp))
+        for space in spaces if isinstance(spaces, list) else [spaces]:
+            for hp in _settings(cfg, method, dict(space or {})):
+                if (method, hp) not in grid:
+                    grid.append((method, hp))
     return grid
+
+
+def _settings(cfg: ExperimentConfig, method: str, space: dict[str, Any]) -> list[dict[str, Any]]:
+    """The checked settings of one grid of ``method``: the product of its value lists."""
+    if METHODS[method].random:
+        space.setdefault("seed", cfg.seed)
+    keys = sorted(space)
+    values = [v if isinstance(v, list) else [v] for v in (space[k] for k in keys)]
+    out = []
+    for combo in itertools.product(*values):
+        hp = dict(zip(keys, combo, strict=True))
+        try:
+            weights = setting_weights(cfg, hp)
+            numeric = None if isinstance(weights, str) else weights
+            validate_hyperparameters(method, without_weights(hp), numeric)
+        except OsrmError as e:
+            raise OsrmError(f"merge.methods.{method}: {e}") from None
+        if hp.get("weights") == GIVEN:
+            del hp["weights"]  # the same setting as no `weights` key: one result key
+        out.append(hp)
+    return out
 
 
 GIVEN = "given"  # a grid's `weights` value: merge.weights (1 each when unset)
