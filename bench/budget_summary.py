@@ -15,7 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from osrm.report import read_results, results_table  # noqa: E402
+from osrm.config import load_config  # noqa: E402
+from osrm.report import hp_string, read_results, results_table  # noqa: E402
+from osrm.stages.evaluation import merge_grid  # noqa: E402
 
 HEADLINE = ("task_arithmetic", "ties", "dare_ties", "regmean")
 DIAGNOSTICS = ("interference", "drift_deg", "own_energy", "other_energy")
@@ -37,7 +39,12 @@ def without_seed(hp: str) -> str:
 
 def job_rows(job: Mapping, tasks: Sequence[str], steps: int) -> list[dict]:
     """One run's table rows, labelled with the job's setting; final adapters count at ``steps``."""
-    results = read_results(Path(job["run_dir"]) / "results.jsonl")
+    run_dir = Path(job["run_dir"])
+    # only the settings of the run's config as it stands (a grid changed between two launches
+    # leaves rows of settings no other run has; they would not pool over seeds)
+    grid = {(m, hp_string(hp)) for m, hp in merge_grid(load_config(run_dir / "config.yaml"))}
+    results = [r for r in read_results(run_dir / "results.jsonl")
+               if r.kind != "merged" or (r.method, r.hp) in grid]  # fmt: skip
     rows = results_table(results, tasks)
     # a job's own init takes its label (osrm -> osrm+sub); retrofitted series keep their name
     return [{**r, "label": job["label"] if r["init"] == job["init"] else r["init"],
