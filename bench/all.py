@@ -34,19 +34,21 @@ SUITE = {
     "single_task": ("single_task.py", SINGLE_TASK_LIMITS),
     "quality": ("quality.py", []),
     "budget": ("budget.py", []),
+    "retrofit": ("retrofit.py", []),
     "decoder": ("decoder.py", []),
 }
 
 
 def result_name(name: str, quick: bool) -> str:
     """quality, single_task and budget have quick variants, kept beside the full results."""
-    return f"{name}-quick" if quick and name in ("quality", "single_task", "budget") else name
+    quick_ones = ("quality", "single_task", "budget", "retrofit")
+    return f"{name}-quick" if quick and name in quick_ones else name
 
 
 def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
     """Run one benchmark script; returns its stamp (command, wall time, exit status)."""
     out = (RESULTS / f"{result_name(name, quick)}.json").relative_to(REPO)
-    if quick and name in ("quality", "budget"):
+    if quick and name in ("quality", "budget", "retrofit"):
         extra = ["--quick"]
     if quick and name == "single_task":
         extra = [*QUICK_SINGLE_TASK, "--run-dir", "runs/bench/single_task-quick"]

@@ -76,27 +76,35 @@ def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Pat
 
 
 def run_job(label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path) -> dict:
-    """One `osrm run` in its own single-threaded process; its record (`job.json`) marks it done,
-    so a rerun reuses it. A done run without budget_diagnostics.json (made by an older osrm) runs
-    again: `osrm run` reuses its adapters and scores and writes the diagnostics; the recorded
-    seconds stay those of the first run."""
+    """One run of the study (see :func:`run_osrm`), in ``root/seed<seed>-<label>``."""
     run_dir = root / f"seed{seed}-{label}"
+    args = overrides(limits, seed, init, extra, run_dir)
+    return run_osrm(
+        run_dir, args, {"label": label, "init": init, "seed": seed}, "budget_diagnostics.json"
+    )
+
+
+def run_osrm(run_dir: Path, args: list[str], record: dict, needs: str | None = None) -> dict:
+    """One `osrm run CONFIG args` in its own single-threaded process, logged beside ``run_dir``;
+    its record (``record`` + overrides, seconds, run_dir in `job.json`) marks it done, so a rerun
+    reuses it. A done run without the file ``needs`` (made by an older osrm) runs again: `osrm
+    run` reuses its adapters and scores and writes the rest; the recorded seconds stay those of
+    the first run."""
     marker = run_dir / "job.json"
     before = json.loads(marker.read_text()) if marker.is_file() else None
-    if before and (run_dir / "budget_diagnostics.json").is_file():
+    if before and (needs is None or (run_dir / needs).is_file()):
         return before
-    args = overrides(limits, seed, init, extra, run_dir)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     start = time.perf_counter()
-    log = root / f"seed{seed}-{label}.log"
+    log = run_dir.parent / f"{run_dir.name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         command = [sys.executable, "-m", "osrm", "-q", "run", str(CONFIG), *args]
         proc = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:
-        raise RuntimeError(f"job seed{seed}-{label} failed (exit {proc.returncode}); see {log}")
+        raise RuntimeError(f"run {run_dir.name} failed (exit {proc.returncode}); see {log}")
     seconds = before["seconds"] if before else time.perf_counter() - start
-    job = {"label": label, "init": init, "seed": seed, "overrides": args, "seconds": seconds,
-           "run_dir": str(run_dir)}  # fmt: skip
+    job = {**record, "overrides": args, "seconds": seconds, "run_dir": str(run_dir)}
     marker.write_text(json.dumps(job, indent=1) + "\n")
     return job
 

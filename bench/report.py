@@ -26,6 +26,7 @@ from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
 from report_header import header, limits_body
 from report_picks import pooled
 from report_quality import quality_body, quick_body
+from report_retrofit import retrofit_body
 from report_runs import decoder_body, gpu_body, gpu_run, single_task_body
 from report_speed import speed_body
 
@@ -59,6 +60,10 @@ def build(results: Path) -> str:
     if (budget_quick := inputs.load("budget-quick")) is not None:
         body = lambda: budget_body(inputs, budget_quick)  # noqa: E731
         lines += section("Does it hold with training? Quick variant", body)
+    for name in ("retrofit", "retrofit-quick"):
+        if (data := inputs.load(name)) is not None:
+            title = "Merge-ready without retraining" + ("" if name == "retrofit" else ", quick")
+            lines += section(title, lambda data=data: retrofit_body(inputs, data))
     lines += section("Decoder (SmolLM2-135M)", lambda: optional(inputs, "decoder", decoder_body))
     lines += section(
         "Single-task benchmark", lambda: optional(inputs, "single_task", single_task_body)

@@ -11,7 +11,7 @@ import copy
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -188,6 +188,13 @@ class MergeSection(Section):
     )
     save: bool = Field(False, description="also write each merged dense model under merged/")
     retrofit: RetrofitSection | None = None
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights_kind(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in get_args(WeightMode):
+            raise ValueError(f"expected numbers (one per task) or one of {get_args(WeightMode)}")
+        return value
 
 
 class EvalSection(Section):

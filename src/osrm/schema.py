@@ -44,8 +44,9 @@ class Section(BaseModel):
 def first_error(e: ValidationError, root: type[BaseModel], prefix: tuple = ()) -> str:
     """The first error of validating ``root``, one line naming the field (``prefix`` first)."""
     err = e.errors()[0]
-    # pydantic marks a bad mapping key with a '[key]' step: the key itself names the place
-    loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if p != "[key]")
+    # pydantic marks a bad mapping key with a '[key]' step (the key itself names the place) and
+    # the branch of a union with its type ('list[float]'): neither is a field name
+    loc = ".".join(str(p) for p in (*prefix, *err["loc"]) if not _branch_tag(p))
     if err["type"] == "extra_forbidden":
         section = _section_at(err["loc"][:-1], root)
         return f"unknown key {loc!r}; valid keys: {sorted(section.model_fields)}"
@@ -55,6 +56,11 @@ def first_error(e: ValidationError, root: type[BaseModel], prefix: tuple = ()) -
     got = repr(err.get("input"))
     got = got if len(got) <= 80 else got[:77] + "..."
     return f"field {loc!r}: {err['msg']} (got {got})"
+
+
+def _branch_tag(part: object) -> bool:
+    """A step of an error location that names no field: '[key]', or a union branch's type."""
+    return isinstance(part, str) and "[" in part
 
 
 def _section_at(path: Sequence[Any], root: type[BaseModel]) -> type[BaseModel]:
