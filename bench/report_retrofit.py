@@ -61,6 +61,8 @@ def goal_lines(rows: list[Mapping]) -> list[str]:
                 and (osrm.get(m) or {}).get("best")]  # fmt: skip
         diffs = {m: r[m]["best"]["norm_avg"]["mean"] - osrm[m]["best"]["norm_avg"]["mean"]
                  for m in both}  # fmt: skip
+        if not diffs:  # no method has a normalised average for both (weak adapters)
+            continue
         worst = min(diffs, key=diffs.get)
         single = r["individual"]["mean"] - lora["individual"]["mean"]
         met = min(diffs.values()) >= 0 and abs(single) <= SINGLE_POINTS

@@ -110,8 +110,9 @@ def main() -> dict:
     with ThreadPoolExecutor(max_workers=2) as executor:
         runs = list(executor.map(lambda seed: run_one(seed, quick, extra, root), seeds))
     tasks = load_config(Path(runs[0]["run_dir"]) / "config.yaml").task_names
+    shared = [*overrides(quick, 0, root)[:-2], *extra]  # without seed and run_dir
     result = {"benchmark": "retrofit", "variant": name, "seeds": seeds, "mus": list(MUS),
-              "config": "configs/offline-suite.yaml", "overrides": overrides(quick, 0, root)[:-2],
+              "config": "configs/offline-suite.yaml", "overrides": shared,
               "tasks": tasks, "runs": runs, **summarise(runs, tasks), "environment": env,
               "command": "python bench/retrofit.py" + ("" if name == "full" else f" --{name}"),
               "wall_seconds": time.perf_counter() - start}  # fmt: skip
