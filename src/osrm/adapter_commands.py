@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -56,18 +57,25 @@ def hyperparameters_from(args: argparse.Namespace) -> dict:
     return hp
 
 
-def check_output(out: Path, force: bool) -> None:
-    """``--out`` may be new, or (with ``--force``) an earlier ``osrm merge`` output: never a
-    file or a folder that osrm did not write."""
+def check_output(out: Path, force: bool, ours: Callable[[Path], bool], what: str) -> None:
+    """``--out`` may be new, or (with ``--force``) an earlier output of this command (``ours``
+    says so; ``what`` names it): never a file or a folder that osrm did not write."""
     if not out.exists() and not out.is_symlink():
         return
     if not force:
         raise OsrmError(f"--out {out} already exists; pass --force to replace it")
-    if out.is_symlink() or not (out / MANIFEST_FILE).is_file():
+    if out.is_symlink() or not ours(out):
         raise OsrmError(
-            f"--out {out} exists and is not an osrm merge output (no {MANIFEST_FILE}); "
-            "refusing to replace it, choose another --out"
+            f"--out {out} exists and is not {what}; refusing to replace it, choose another --out"
         )
+
+
+def merge_output(out: Path) -> bool:
+    return (out / MANIFEST_FILE).is_file()
+
+
+def retrofit_output(out: Path) -> bool:
+    return out.is_dir() and all((d / RETROFIT_FILE).is_file() for d in out.iterdir() if d.is_dir())
 
 
 def merge_weights(values: list | None, k: int) -> list[float] | str | None:
@@ -87,7 +95,7 @@ def merge_weights(values: list | None, k: int) -> list[float] | str | None:
 def merge(args: argparse.Namespace) -> dict:
     """``osrm merge``: a dense backbone (+ heads) or a LoRA adapter, with manifests."""
     out = Path(args.out)
-    check_output(out, args.force)
+    check_output(out, args.force, merge_output, f"an osrm merge output (no {MANIFEST_FILE})")
     get_method(args.method)
     weights = merge_weights(args.weights, len(args.adapters))
     hp = hyperparameters_from(args)
@@ -166,14 +174,7 @@ def named_adapters(items: list[str]) -> tuple[list[str], list[str] | None]:
 def retrofit(args: argparse.Namespace) -> dict:
     """``osrm retrofit``: one merge-ready adapter per input under ``--out/<task>``."""
     out = Path(args.out)
-    if out.exists() or out.is_symlink():
-        kept = out.is_dir() and not out.is_symlink() and all(
-            (d / RETROFIT_FILE).is_file() for d in out.iterdir() if d.is_dir()
-        )  # fmt: skip
-        if not args.force:
-            raise OsrmError(f"--out {out} already exists; pass --force to replace it")
-        if not kept:
-            raise OsrmError(f"--out {out} is not an osrm retrofit output; choose another --out")
+    check_output(out, args.force, retrofit_output, "an osrm retrofit output")
     dirs, tasks = named_adapters(args.adapters)
     records = retrofit_adapters([resolve_adapter(d) for d in dirs], args.stats, args.mu, out, tasks)
     return {task: {"output": str(out / task), **r["overall"]} for task, r in records.items()}

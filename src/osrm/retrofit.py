@@ -126,7 +126,8 @@ def retrofit_sources(
             moments = grams(name)  # (k, d, d): the k tasks' per-token second moments
             c_own = moments[i]
             c_other = torch.cat([moments[:i], moments[i + 1 :]]).mean(0)  # equal weighting
-            b, a = adapter.factors(name)  # s·B (d_out, r), A (r, d_in) float32
+            # s·B (d_out, r), A (r, d_in) in float32, from the tensors already read
+            b, a = tensors[m.key_b].float() * m.scale, tensors[m.key_a].float()
             new_a = retrofit_a(tensors[m.key_a], c_own, c_other, mu)
             check_finite([(f"{name} lora_A", new_a)], f"retrofitted adapter of {task}")
             tensors[m.key_a] = new_a
