@@ -15,7 +15,11 @@ TA and TIES) and score and merge `lora`'s adapters retrofitted at μ = 0.5 and 1
 
 Results: `bench/results/budget.json` (or --json), figures `docs/results/budget-<variant>-*.png`;
 `bench/report.py` turns them into docs/RESULTS.md. A finished run is reused on a rerun (its run
-directory and `job.json` stay under --run-root), so an interrupted study resumes.
+directory and `job.json` stay under --run-root), so an interrupted study resumes. Each finished run
+also leaves the small text files the summary reads (its resolved config, result rows, budget
+diagnostics and job record: no weights) in `bench/results/budget[-VARIANT]-runs/<run>/`; they are
+committed, so the study resumes on another machine, and a run is taken from there only when its
+overrides and configs/offline-suite.yaml are those of the rerun.
 
     python bench/budget.py            # about 3 hours on 2 CPU cores
     python bench/budget.py --quick    # about 15 minutes: 4 tasks, 1 seed, short budgets
@@ -23,8 +27,10 @@ directory and `job.json` stay under --run-root), so an interrupted study resumes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +57,7 @@ COMMON = ["train.lr=2.0e-3", "train.batch_size=8", "train.max_length=48", "stats
           "subspace.modes=[cov, contrast]", "merge.save=false", GRID]  # fmt: skip
 INITS = ("lora", "osrm", "contrast")
 FAMILY = ("osrm", "contrast")  # the OSRM-family inits a variant may build on
+KEPT_FILES = ("config.yaml", "results.jsonl", "budget_diagnostics.json")  # what the summary reads
 RANK = 8  # configs/offline-suite.yaml's lora.rank: a_subspace = rank keeps A's row space fixed
 VARIANTS = {"sub": [f"lora.a_subspace={RANK}"], "pen": ["train.interference_penalty=1.0"]}
 LIMITS = {
@@ -75,13 +82,49 @@ def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Pat
     ]  # fmt: skip
 
 
-def run_job(label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path) -> dict:
-    """One run of the study (see :func:`run_osrm`), in ``root/seed<seed>-<label>``."""
+def run_job(
+    label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path, kept: Path
+) -> dict:
+    """One run of the study (see :func:`run_osrm`), in ``root/seed<seed>-<label>``, its record
+    kept in ``kept/seed<seed>-<label>`` (see :func:`kept_job`)."""
     run_dir = root / f"seed{seed}-{label}"
     args = overrides(limits, seed, init, extra, run_dir)
-    return run_osrm(
-        run_dir, args, {"label": label, "init": init, "seed": seed}, "budget_diagnostics.json"
+    record = {"label": label, "init": init, "seed": seed}
+    return kept_job(kept / run_dir.name, args) or keep_job(
+        run_osrm(run_dir, args, record, "budget_diagnostics.json"), kept / run_dir.name
     )
+
+
+def _fingerprint(args: list[str]) -> dict:
+    """What makes two runs the same run: the overrides (but where they run) and the config file."""
+    config = hashlib.sha256(CONFIG.read_bytes()).hexdigest()
+    return {"overrides": [a for a in args if not a.startswith("run_dir=")], "config_sha256": config}
+
+
+def kept_job(kept: Path, args: list[str]) -> dict | None:
+    """The committed record of a finished run with these overrides, its ``run_dir`` pointing at
+    the kept files; None when there is none or it was made with other overrides or config."""
+    marker = kept / "job.json"
+    job = json.loads(marker.read_text()) if marker.is_file() else None
+    if not job or job.get("fingerprint") != _fingerprint(args):
+        return None
+    return {**job, "run_dir": str(kept)}
+
+
+def keep_job(job: dict, kept: Path) -> dict:
+    """Copy the files the summary reads (no weights) of a finished run to ``kept``, with its job
+    record, the run's fingerprint and the code and packages it ran with."""
+    tmp = kept.with_name(f".{kept.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in KEPT_FILES:
+        shutil.copy2(Path(job["run_dir"]) / name, tmp / name)
+    args = job["overrides"]
+    record = {**job, "fingerprint": _fingerprint(args), "environment": common.environment()}
+    (tmp / "job.json").write_text(json.dumps(record, indent=1) + "\n")
+    shutil.rmtree(kept, ignore_errors=True)
+    tmp.replace(kept)
+    return {**record, "run_dir": str(kept)}
 
 
 def run_osrm(run_dir: Path, args: list[str], record: dict, needs: str | None = None) -> dict:
@@ -109,10 +152,12 @@ def run_osrm(run_dir: Path, args: list[str], record: dict, needs: str | None = N
     return job
 
 
-def run_jobs(jobs: list[tuple], limits: dict, root: Path, done: list[dict], save) -> None:
+def run_jobs(
+    jobs: list[tuple], limits: dict, root: Path, kept: Path, done: list[dict], save
+) -> None:
     """Run (label, init, extra, seed) jobs two at a time; ``save(done)`` after each one."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(run_job, *job, limits, root) for job in jobs]
+        futures = [pool.submit(run_job, *job, limits, root, kept) for job in jobs]
         for future in futures:
             done.append(future.result())
             save(done)
@@ -137,10 +182,11 @@ def main() -> dict:
         return result
 
     seeds = limits["seeds"]
-    run_jobs([(i, i, [], s) for s in seeds for i in INITS], limits, root, done, save)
+    kept = out.with_name(f"{out.stem}-runs")
+    run_jobs([(i, i, [], s) for s in seeds for i in INITS], limits, root, kept, done, save)
     best = budget_summary.best_family_init(save(done), FAMILY)
     variants = [(f"{best}+{v}", best, extra, s) for s in seeds for v, extra in VARIANTS.items()]
-    run_jobs(variants, limits, root, done, save)
+    run_jobs(variants, limits, root, kept, done, save)
     result = save(done)
     print(f"wrote {out} ({result['wall_seconds']:.0f} s; variants on {best})")
     return result
