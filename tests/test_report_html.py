@@ -32,6 +32,18 @@ def test_html_is_self_contained(report):
     assert "<table>" in page and "task_arithmetic" in page and "norm. avg" in page
 
 
+def test_html_opens_with_the_verdict_and_captions_figures_by_content(report):
+    page = report["paths"]["html"].read_text()
+    assert page.index("<h2>Verdict</h2>") < page.index("<h2>Scores</h2>")
+    assert "keeps <b>87.5 %</b>" in page  # task_arithmetic scale=0.5: (0.6/0.8 + 0.5/0.5) / 2
+    assert "<td class=best>0.875</td>" in page  # the best merged norm. avg, highlighted
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    assert len(captions) == 3 and captions[0].startswith("Task arithmetic: normalised merged")
+    assert not any("plot_" in c or ".png" in c for c in captions)
+    md = report["paths"]["markdown"].read_text()
+    assert md.index("## Verdict") < md.index("## Scores") and "**Advice:**" in md
+
+
 def _chromium() -> str | None:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
     if found is None and os.environ.get("OSRM_REQUIRE_CHROMIUM"):

@@ -27,6 +27,9 @@ from osrm.report import (
     table_columns,
 )
 from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
+from osrm.verdict import html as verdict_html
+from osrm.verdict import markdown as verdict_markdown
+from osrm.verdict import verdict
 
 Matrices = Mapping[str, Mapping[str, Mapping[str, float]]]
 Budgets = Mapping[str, Sequence[Mapping]]  # budget_diagnostics.json: rows, per_task
@@ -44,6 +47,35 @@ BUDGET_NOTE = (
     "between A and A at step 0, and the share (%) of the own task's and the other tasks' input "
     "energy captured by A's row space (averaged over tasks and modules)."
 )
+
+
+SCORES_NOTE = "Highlighted: the best merged score of each column."
+# what each figure shows (the report captions it with this, never with its file name)
+CAPTIONS = {
+    "scale": "Task arithmetic: normalised merged average (merged / individual score, averaged "
+    "over tasks) against the scale λ, one line per init; flatter is more robust to λ.",
+    "best": "Each merge method at its best setting: per-task scores of the merged model, one "
+    "panel per init.",
+    "interference": "Interference ‖ΔW_j X_tᵀ‖ / ‖ΔW_t X_tᵀ‖ of adapter j (rows) on task t's "
+    "inputs (columns), per init; lower off the diagonal means less interference.",
+    "budget_scores": "Best merged normalised and absolute averages and the individual "
+    "adapters' average against the training step, per init.",
+    "budget_interference": "Mean off-diagonal interference ratio against the training step, "
+    "per init.",
+    "budget_drift": "Drift of A from its initialisation (mean principal angle) and the share of "
+    "own-task and other-task input energy in A's row space, against the training step.",
+}
+
+
+def best_cells(rows: Sequence[Mapping], columns: Mapping[str, str]) -> set[tuple[int, str]]:
+    """(row index, column) of the highest merged score in each numeric column (ties: all)."""
+    out = set()
+    merged = [(i, r) for i, r in enumerate(rows) if r["model"] == "merged"]
+    for key in columns:
+        values = [r[key] for _, r in merged if isinstance(r.get(key), float)]
+        if values:
+            out |= {(i, key) for i, r in merged if r.get(key) == max(values)}
+    return out
 
 
 def result_columns(cfg: ExperimentConfig, rows: Sequence[Mapping]) -> dict[str, str]:
@@ -100,7 +132,12 @@ def markdown_report(
         f"task's main metric on its `{cfg.eval.split}` split; `norm. avg` = mean over tasks of "
         "merged / individual score of the same init. osrm " + __version__ + ".",
         "",
-        markdown_table(rows, result_columns(cfg, rows)),
+        *(verdict_markdown(found) + [""] if (found := verdict([rows])) else []),
+        "## Scores",
+        "",
+        SCORES_NOTE.replace("Highlighted", "Bold"),
+        "",
+        markdown_table(_bold(rows, result_columns(cfg, rows)), result_columns(cfg, rows)),
     ]
     if matrices:
         cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
@@ -119,14 +156,25 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def _html_table(rows: Sequence[Mapping], columns: Mapping[str, str]) -> str:
+def _bold(rows: Sequence[Mapping], columns: Mapping[str, str]) -> list[dict]:
+    """``rows`` with each column's best merged score as bold Markdown text."""
+    best = best_cells(rows, columns)
+    return [{k: f"**{v:.3f}**" if (i, k) in best else v for k, v in r.items()}
+            for i, r in enumerate(rows)]  # fmt: skip
+
+
+def _html_table(
+    rows: Sequence[Mapping], columns: Mapping[str, str], best: set[tuple[int, str]] = frozenset()
+) -> str:
     def cell(v: object) -> str:
         return f"{v:.3f}" if isinstance(v, float) else html.escape("" if v is None else str(v))
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in columns.values())
     body = "".join(
-        "<tr>" + "".join(f"<td>{cell(r.get(k))}</td>" for k in columns) + "</tr>" for r in rows
-    )
+        "<tr>" + "".join(f"<td{' class=best' if (i, k) in best else ''}>{cell(r.get(k))}</td>"
+                         for k in columns) + "</tr>"
+        for i, r in enumerate(rows)
+    )  # fmt: skip
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -134,17 +182,20 @@ def html_report(
     cfg: ExperimentConfig,
     rows: Sequence[Mapping],
     matrices: Matrices,
-    images: Sequence[Path],
+    images: Mapping[str, Path],
     budget_rows: Sequence[Mapping] = (),
 ) -> str:
-    """One page, no external resources: tables inline, PNGs as data URIs."""
+    """One page, no external resources: tables inline, PNGs as data URIs, each figure captioned
+    by what it shows (``images``: :data:`CAPTIONS` key -> PNG)."""
     tasks = cfg.task_names
     figures = "".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{p.stem}</figcaption></figure>'
-        for p in images
+        f'<figure><img alt="{html.escape(CAPTIONS[k])}" src="data:image/png;base64,'
+        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(CAPTIONS[k])}'
+        "</figcaption></figure>"
+        for k, p in images.items()
     )
-    scores, inter = _html_table(rows, result_columns(cfg, rows)), ""
+    columns = result_columns(cfg, rows)
+    scores, inter = _html_table(rows, columns, best_cells(rows, columns)), ""
     if matrices:
         cols = {"init": "init", "adapter": "adapter j", **{t: t for t in tasks}}
         inter = "<h2>Interference ratios</h2>" + _html_table(interference_rows(matrices), cols)
@@ -157,13 +208,15 @@ def html_report(
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
         "th{background:#eee}img{max-width:100%}figure{margin:1em 0}"
+        "td.best{background:#d9f2d9;font-weight:bold}figcaption{font-size:13px;color:#333}"
     )
     return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>osrm report</title>"
         f"<style>{style}</style></head><body><h1>osrm results: {html.escape(cfg.run_dir)}</h1>"
         f"<p>Model {html.escape(cfg.model.name)}, tasks {html.escape(', '.join(tasks))}, "
         f"split {cfg.eval.split}, osrm {__version__}.</p>"
-        f"<h2>Scores</h2>{scores}{inter}<h2>Plots</h2>{figures}"
+        f"{verdict_html(verdict([rows]))}<h2>Scores</h2>"
+        f"<p>{SCORES_NOTE}</p>{scores}{inter}<h2>Plots</h2>{figures}"
         f"<h2>Config</h2><pre>{html.escape(dump_config(cfg))}</pre></body></html>\n"
     )
 
@@ -180,16 +233,19 @@ def report_stage(
     tasks = cfg.task_names
     rows = results_table(results, tasks)
     final = [r for r in rows if "step" not in r]  # the plots show the final adapters
-    images = [
-        plot_scale_curves(final, run_path(run_dir, PLOT_FILES["scale"])),
-        plot_best_bars(final, tasks, run_path(run_dir, PLOT_FILES["best"])),
-    ]
+    images = {
+        "scale": plot_scale_curves(final, run_path(run_dir, PLOT_FILES["scale"])),
+        "best": plot_best_bars(final, tasks, run_path(run_dir, PLOT_FILES["best"])),
+    }
     if matrices:
-        images.append(plot_interference(matrices, run_path(run_dir, PLOT_FILES["interference"])))
+        images["interference"] = plot_interference(
+            matrices, run_path(run_dir, PLOT_FILES["interference"])
+        )
     steps = budget_table(rows, budgets["rows"]) if budgets else []
     plots = {"budget_scores": plot_budget_scores, "budget_interference": plot_budget_interference,
              "budget_drift": plot_budget_drift}  # fmt: skip
-    images += [plot(steps, run_path(run_dir, PLOT_FILES[k])) for k, plot in plots.items() if steps]
+    images |= {k: plot(steps, run_path(run_dir, PLOT_FILES[k])) for k, plot in plots.items()
+               if steps}  # fmt: skip
     texts = {
         "markdown": markdown_report(cfg, rows, matrices, steps),
         "csv": csv_table(rows, result_columns(cfg, rows)),
