@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 from pathlib import Path
 
@@ -192,3 +194,25 @@ def write_synthetic_tasks(root: Path, n: int = 96, seed: int = 0) -> list[dict]:
             block["label_names"] = ["0", "1"] if name == "low" else ["0", "1", "2"]
         blocks.append(block)
     return blocks
+
+
+# the quick demo on real weights and data, shared by the command-line tests (one run per session)
+SMALL = [
+    "train.steps=4", "stats.examples=24", "eval.max_eval_examples=24",
+    "merge.methods={task_arithmetic: {scale: [0.5, 1.0]}, ties: {density: 0.2}}",
+]  # fmt: skip
+
+
+DEMO_TASKS = ("trec", "sms_spam", "vader_movies")  # 6 classes, 2 classes, regression
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> tuple[Path, str]:
+    """The quick demo with small limits on real weights and data: (run dir, what it printed)."""
+    from osrm.cli import main
+
+    run = tmp_path_factory.mktemp("demo") / "run"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["demo", "--quick", "--run-dir", str(run), *SMALL]) == 0
+    return run, out.getvalue()

@@ -486,3 +486,18 @@ def merged_inf_weights(env: Env) -> list[str]:
         save_file(weights, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
 
     return merged_for_trec(env, poison)
+
+
+# ------------------------------------------------------------- osrm predict (issue 17)
+
+
+def predict(*extra: str, task: str = "low", rows: str = "text\nw4 w5 w6\n"):
+    """``osrm predict`` of the workspace's merged output on a CSV of ``rows``."""
+
+    def argv(env: Env) -> list[str]:
+        inputs = env.case / "in.csv"
+        inputs.write_text(rows)
+        return ["predict", str(env.ws / "merged"), "--task", task, "--input", str(inputs),
+                *extra, "--out", str(env.case / "out.jsonl")]  # fmt: skip
+
+    return argv

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import subprocess
 import sys
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import DEMO_TASKS
 from osrm.cli import COMMANDS, main
 from osrm.evaluate import evaluate
 from osrm.merging import load_head, read_manifest
@@ -19,24 +18,6 @@ from osrm.models import resolve_model
 from osrm.report import read_results
 from osrm.stats import load_stats
 from osrm.tasks.registry import get_task
-
-SMALL = [
-    "train.steps=4", "stats.examples=24", "eval.max_eval_examples=24",
-    "merge.methods={task_arithmetic: {scale: [0.5, 1.0]}, ties: {density: 0.2}}",
-]  # fmt: skip
-
-
-DEMO_TASKS = ("trec", "sms_spam", "vader_movies")  # 6 classes, 2 classes, regression
-
-
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory) -> tuple[Path, str]:
-    """The quick demo with small limits on real weights and data: (run dir, what it printed)."""
-    run = tmp_path_factory.mktemp("demo") / "run"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["demo", "--quick", "--run-dir", str(run), *SMALL]) == 0
-    return run, out.getvalue()
 
 
 @pytest.mark.slow

@@ -1,17 +1,21 @@
-"""The commands on the user's own adapters: ``osrm merge``, ``osrm retrofit`` and
-``osrm eval --adapter/--merged``. Like :mod:`osrm.pipeline`'s recipes, they check every
-argument before anything is written."""
+"""The commands on the user's own adapters: ``osrm merge``, ``osrm retrofit``,
+``osrm eval --adapter/--merged`` and ``osrm predict``. Like :mod:`osrm.pipeline`'s recipes, they
+check every argument before anything is written."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import yaml
 
 from osrm.adapters import load_adapter
+from osrm.artifacts import atomic_file
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
 from osrm.merging import (
@@ -25,10 +29,12 @@ from osrm.merging import (
     validate_hyperparameters,
 )
 from osrm.merging.auto_weights import AUTO_MODES
-from osrm.models import load_merged, load_model
+from osrm.models import load_model
+from osrm.predictor import load_merged
 from osrm.retrofit import RETROFIT_FILE, retrofit_adapters
 from osrm.safety import check_name, require_safetensors
-from osrm.tasks.registry import get_task
+from osrm.tasks.registry import TASKS, get_task
+from osrm.tasks.sources import read_table
 
 
 def resolve_adapter(name: str) -> str:
@@ -146,12 +152,15 @@ def eval_one(args: argparse.Namespace) -> dict:
             raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
         model, tokenizer = load_model(base, spec.num_labels)
         model = load_adapter(model, adapter).eval()
+        context = contextlib.nullcontext(model)
     else:
-        model, tokenizer = load_merged(args.merged, args.task, args.base)
-    scores = evaluate(
-        model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
-        batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
-    )  # fmt: skip
+        merged = load_merged(args.merged, args.base)
+        context, tokenizer = merged.for_task(args.task), merged.tokenizer
+    with context as model:
+        scores = evaluate(
+            model, spec, args.split, tokenizer=tokenizer, max_length=args.max_length,
+            batch_size=args.batch_size, seed=args.seed, max_examples=args.max_examples,
+        )  # fmt: skip
     return {"task": args.task, "split": args.split, **scores}
 
 
@@ -178,3 +187,55 @@ def retrofit(args: argparse.Namespace) -> dict:
     dirs, tasks = named_adapters(args.adapters)
     records = retrofit_adapters([resolve_adapter(d) for d in dirs], args.stats, args.mu, out, tasks)
     return {task: {"output": str(out / task), **r["overall"]} for task, r in records.items()}
+
+
+def predict(args: argparse.Namespace) -> dict:
+    """``osrm predict MODEL --task T --input FILE --out FILE``: one JSON line per input row."""
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise OsrmError(f"--out {out}: exists; pass --force to replace it")
+    table = read_table(args.input)
+    fields = args.text_field or default_text_fields(list(table.columns), args.task, args.input)
+    spec = TASKS.get(args.task)
+    if spec and len(fields) != len(spec.text_fields):
+        raise OsrmError(f"--text-field: task {args.task!r} reads {len(spec.text_fields)} text "
+                        f"field(s) per example, got {fields}")  # fmt: skip
+    texts = [_texts(table, f, args.input) for f in fields]
+    model = load_merged(args.model, args.base)
+    model.labels(model.check_task(args.task), args.labels)  # both checked before predicting
+    records = model.predict(
+        texts[0], args.task, text_pairs=texts[1] if len(texts) > 1 else None,
+        label_names=args.labels, batch_size=args.batch_size, max_length=args.max_length,
+        progress=True,
+    )  # fmt: skip
+    with atomic_file(out) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    counts = dict(Counter(r["label"] for r in records if "label" in r))
+    return {"model": str(args.model), "kind": model.kind, "task": args.task,
+            "predictions": len(records), "labels": counts, "out": str(out)}  # fmt: skip
+
+
+def default_text_fields(columns: list[str], task: str, path: str) -> list[str]:
+    """``text`` (with ``text_pair`` when present), else the built-in task's own columns."""
+    spec = TASKS.get(task)
+    if "text" in columns:
+        return ["text", *(["text_pair"] if "text_pair" in columns else [])]
+    if spec and set(spec.text_fields) <= set(columns):
+        return list(spec.text_fields)
+    raise OsrmError(f"{path}: no 'text' column; name the text column(s) with --text-field "
+                    f"(columns: {columns})")  # fmt: skip
+
+
+def _texts(table, field: str, path: str) -> list[str]:
+    """The strings of column ``field``; a missing column or an empty cell is refused."""
+    if field not in table.columns:
+        raise OsrmError(f"{path}: no column {field!r} (columns: {list(table.columns)})")
+    values = table[field].tolist()
+    for i, v in enumerate(values):
+        if not isinstance(v, str) or not v.strip():
+            shown = repr(v) if isinstance(v, (int, bool)) or v == v else "missing"  # NaN: missing
+            shown = "empty" if isinstance(v, str) else shown
+            raise OsrmError(f"{path}: row {i + 1}: {field!r} is {shown}, expected non-empty text")
+    if not values:
+        raise OsrmError(f"{path}: holds no rows")
+    return values

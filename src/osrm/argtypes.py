@@ -60,3 +60,13 @@ def weight_arg(text: str) -> float | str:
     from osrm.merging.auto_weights import AUTO_MODES
 
     return text if text in AUTO_MODES else finite_float(text)
+
+
+def label_list(text: str) -> list[str]:
+    """``--labels``: comma-separated class names, none empty, none repeated."""
+    names = [n.strip() for n in text.split(",")]
+    if len(names) < 2 or not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(
+            f"expected two or more distinct, non-empty names separated by commas, got {text!r}"
+        )
+    return names

@@ -24,6 +24,7 @@ from osrm.cli_options import (
     demo_options,
     eval_options,
     merge_options,
+    predict_options,
     report_options,
     retrofit_options,
 )
@@ -75,6 +76,12 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     keep = contextlib.nullcontext() if args.force else keep_existing(args.out)
     with locking.held(locking.beside(args.out), f"--out {args.out}"), keep:
         print(json.dumps(adapter_commands.merge(args), indent=2))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from osrm import adapter_commands
+
+    print(json.dumps(adapter_commands.predict(args), indent=2))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -144,6 +151,13 @@ COMMANDS: dict[str, Command] = {
          "--mu 0.5 --out retro/",
          "osrm retrofit sst2=ad/sst2 rte=ad/rte --stats sst2.safetensors rte.safetensors "
          "--mu 1 --out retro/"),
+    ),
+    "predict": Command(
+        predict_options, _cmd_predict,
+        "predict with a merged model (or one adapter) on a file of texts, for one task",
+        ("osrm predict merged/ties --task trec --input questions.csv --out trec.jsonl",
+         "osrm predict merged/ta --task epistemic_reasoning --input pairs.jsonl "
+         "--text-field premise --text-field hypothesis --out pairs.predictions.jsonl"),
     ),
     "report": Command(
         report_options, _cmd_report,

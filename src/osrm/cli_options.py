@@ -8,6 +8,7 @@ import argparse
 from osrm.argtypes import (
     finite_float,
     int_range,
+    label_list,
     non_negative_float,
     positive_int,
     seed_int,
@@ -78,6 +79,31 @@ def retrofit_options(p: argparse.ArgumentParser) -> None:
                    help="weight of the other tasks' output removed (0: unchanged)")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory: one adapter per task inside")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def predict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL_DIR",
+                   help="an `osrm merge` output (dense or LoRA) or one peft adapter")  # fmt: skip
+    p.add_argument("--task", required=True, help="which head to use (`osrm predict` lists them)")
+    p.add_argument("--input", required=True, help="a .csv, .tsv, .jsonl or .parquet file")
+    p.add_argument(
+        "--text-field",
+        action="append",
+        metavar="COLUMN",
+        help="the text column; twice for pair tasks (default: text [and text_pair])",
+    )
+    p.add_argument(
+        "--labels",
+        type=label_list,
+        default=None,
+        metavar="NAME,NAME,...",
+        help="class names of a task that is not built in, in head order",
+    )
+    p.add_argument("--out", required=True, help="predictions, one JSON line per input row")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--base", help="base model (default: the one the model records)")
+    p.add_argument("--max-length", type=int_range(2), default=128)
+    p.add_argument("--batch-size", type=positive_int, default=64)
 
 
 def report_options(p: argparse.ArgumentParser) -> None:

@@ -21,6 +21,29 @@ from osrm.tasks.registry import get_task, load_task
 from osrm.tasks.spec import TaskSpec
 
 
+def logits_over(
+    model: nn.Module, loader: Iterable[Mapping[str, Tensor]], *, progress: bool = False
+) -> tuple[Tensor, np.ndarray]:
+    """The model's outputs over a loader: (n, k) float32 logits on the CPU and the (n,) labels."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    outputs, labels = [], []
+    try:
+        with torch.no_grad():
+            bar = tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False)
+            for batch in bar:
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                logits = model(**inputs).logits.float()
+                if not bool(torch.isfinite(logits).all()):  # e.g. an activation overflow
+                    raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
+                outputs.append(logits.cpu())
+                labels.append(batch["labels"])
+    finally:
+        model.train(was_training)
+    return torch.cat(outputs), torch.cat(labels).cpu().numpy()
+
+
 def predict(
     model: nn.Module,
     loader: Iterable[Mapping[str, Tensor]],
@@ -33,25 +56,11 @@ def predict(
     Returns:
         (n,) predicted class ids (argmax of the logits) or regression values, and (n,) labels.
     """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    preds, labels = [], []
-    try:
-        with torch.no_grad():
-            bar = tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False)
-            for batch in bar:
-                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                logits = model(**inputs).logits.float()
-                if not bool(torch.isfinite(logits).all()):  # e.g. an activation overflow
-                    raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
-                if regression and logits.shape[-1] != 1:
-                    raise OsrmError(f"regression task but the head has {logits.shape[-1]} outputs")
-                preds.append(logits[:, 0] if regression else logits.argmax(-1))
-                labels.append(batch["labels"])
-    finally:
-        model.train(was_training)
-    return torch.cat(preds).cpu().numpy(), torch.cat(labels).cpu().numpy()
+    logits, labels = logits_over(model, loader, progress=progress)
+    if regression and logits.shape[-1] != 1:
+        raise OsrmError(f"regression task but the head has {logits.shape[-1]} outputs")
+    preds = logits[:, 0] if regression else logits.argmax(-1)
+    return preds.numpy(), labels
 
 
 def evaluate(

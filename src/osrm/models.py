@@ -17,13 +17,10 @@ from torch import nn
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from osrm import distributed
-from osrm.adapters import load_adapter
 from osrm.artifacts import atomic_dir
 from osrm.assets import asset_cache, package_dir
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError, one_line
-from osrm.heads import head_outputs, read_head, swap_head
-from osrm.merging import MANIFEST_FILE, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -215,41 +212,3 @@ def load_base(
         device=device,
     )
     return model.to(device).eval(), tokenizer
-
-
-def load_merged(merged: str | Path, task: str, base: str | None = None) -> tuple:
-    """A merged output of ``osrm merge`` ready to score ``task``: (model, tokenizer).
-
-    Dense: ``from_pretrained`` of the folder (its ``model.safetensors`` carries the first
-    task's head), then ``task``'s head swapped in. LoRA: the base model, the merged adapter
-    through ``PeftModel.from_pretrained`` (folded into the weights), then ``task``'s head.
-    The tokenizer is the base model's (``--base``, else ``base_model`` of ``osrm_merge.json``).
-    """
-    manifest = read_manifest(merged)
-    heads = manifest.get("heads") or {}
-    if task not in heads:
-        raise OsrmError(f"{merged}: no head for task {task!r}; heads: {sorted(heads)}")
-    head = read_head(merged, task)  # a corrupt head fails here, before any model loads
-    base = base or manifest.get("base_model")
-    if not base:
-        raise OsrmError(
-            f"{Path(merged) / MANIFEST_FILE}: names no base_model (adapters of different or "
-            "unnamed bases); pass --base"
-        )
-    if manifest.get("output") == "lora":
-        inside = manifest.get("adapter_head")
-        outputs = head_outputs(read_head(merged, inside)) if inside else head_outputs(head)
-        model, tokenizer = load_model(base, outputs)
-        model = load_adapter(model, merged).merge_and_unload()
-    else:
-        tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(resolve_model(base)), base)
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(merged), use_safetensors=True
-            )
-        except (OSError, ValueError) as e:
-            text = one_line(e)[:300]
-            raise OsrmError(f"{merged}: cannot load the merged model ({text})") from None
-        model.config.pad_token_id = tokenizer.pad_token_id
-    swap_head(model, head)
-    return model.eval(), tokenizer
