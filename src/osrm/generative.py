@@ -1,0 +1,120 @@
+"""Generative tasks on decoders: ``prompt → answer``, with no task head.
+
+A classification example becomes the prompt (the task's template filled with its text) followed
+by the verbaliser of its label (``" positive"``) and the end-of-sequence token. Training computes
+the causal-LM loss on the answer tokens only (the prompt's labels are ``IGNORE``); scoring takes,
+for every label, the log-likelihood of its verbaliser after the prompt and predicts the most
+likely label, so the task's usual metric applies. Prompt and answer are tokenised apart and
+concatenated, so a verbaliser has the same tokens in training and in scoring; a prompt too long
+for ``max_length`` loses its beginning (its end holds the question).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedTokenizerBase
+
+from osrm.errors import OsrmError
+
+IGNORE = -100  # label of a token the loss skips (transformers' convention)
+
+
+def _ids(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def answer_ids(tokenizer: PreTrainedTokenizerBase, verbalisers: Sequence[str]) -> list[list[int]]:
+    """Each verbaliser's tokens (no special tokens); distinct and non-empty, or an error."""
+    ids = [_ids(tokenizer, v, False) for v in verbalisers]
+    if any(not i for i in ids) or len({tuple(i) for i in ids}) != len(ids):
+        raise OsrmError(f"verbalisers {list(verbalisers)}: each must give distinct, non-empty "
+                        "tokens with this tokenizer")  # fmt: skip
+    return ids
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, room: int) -> list[int]:
+    """The prompt's tokens (with the tokenizer's special tokens), cut to its last ``room``."""
+    if room < 1:
+        raise OsrmError(f"max_length leaves no room for the prompt ({room} tokens)")
+    return _ids(tokenizer, prompt, True)[-room:]
+
+
+def training_example(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, answer: list[int], max_length: int
+) -> dict[str, list[int]]:
+    """``input_ids`` = prompt + answer + eos and ``labels`` = IGNORE over the prompt, the
+    answer's tokens and eos after it (the loss falls on the answer alone)."""
+    tail = [*answer, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]
+    head = prompt_ids(tokenizer, prompt, max_length - len(tail))
+    return {"input_ids": head + tail, "labels": [IGNORE] * len(head) + tail}
+
+
+def pad_batch(rows: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Tensor]:
+    """Right-padded (batch, seq) ``input_ids``, ``attention_mask`` and (when given) ``labels``."""
+    width = max(len(r["input_ids"]) for r in rows)
+    out = {"input_ids": [], "attention_mask": [], "labels": []}
+    for r in rows:
+        gap = width - len(r["input_ids"])
+        out["input_ids"].append(r["input_ids"] + [pad_id] * gap)
+        out["attention_mask"].append([1] * len(r["input_ids"]) + [0] * gap)
+        out["labels"].append(r.get("labels", r["input_ids"]) + [IGNORE] * gap)
+    return {k: torch.tensor(v) for k, v in out.items()}
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def verbaliser_logprobs(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    verbalisers: Sequence[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 32,
+) -> Tensor:
+    """(n, k) float64: log p(verbaliser k | prompt i), the sum over the verbaliser's tokens.
+
+    One forward per (prompt, verbaliser) pair, batched; with single-token verbalisers one
+    forward per prompt gives every label (the next-token distribution after the prompt).
+    """
+    answers = answer_ids(tokenizer, verbalisers)
+    longest = max(len(a) for a in answers)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    heads = [prompt_ids(tokenizer, p, max_length - longest) for p in prompts]
+    device = next(model.parameters()).device
+    if longest == 1:  # all single tokens: one forward per prompt
+        rows, cols = [{"input_ids": h} for h in heads], torch.tensor([a[0] for a in answers])
+        out = []
+        for chunk in _chunks(rows, batch_size):
+            batch = pad_batch(chunk, pad)
+            logp = _logsoftmax(model, batch, device)
+            last = batch["attention_mask"].sum(1) - 1  # the prompt's last position
+            out.append(logp[torch.arange(len(chunk)), last][:, cols])
+        return torch.cat(out)
+    pairs = [{"input_ids": h + a, "labels": [IGNORE] * len(h) + a} for h in heads for a in answers]
+    sums = []
+    for chunk in _chunks(pairs, batch_size):
+        batch = pad_batch(chunk, pad)
+        logp = _logsoftmax(model, batch, device)[:, :-1]  # position t predicts token t + 1
+        target = batch["labels"][:, 1:]
+        keep = target != IGNORE
+        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        sums.append((picked * keep).sum(1))
+    return torch.cat(sums).view(len(prompts), len(answers))
+
+
+def _logsoftmax(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> Tensor:
+    with torch.no_grad():
+        logits = model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+        ).logits
+    if not bool(torch.isfinite(logits).all()):
+        raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
+    return torch.log_softmax(logits.double(), -1).cpu()
