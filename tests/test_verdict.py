@@ -108,3 +108,52 @@ def test_rendering_marks_the_best_cell_of_each_row():
     page = html(v)
     assert "<td class=best>0.900 (scale=0.5)</td>" in page and "<td>0.775 (scale=0.5)</td>" in page
     assert html(None) == ""
+
+
+def _run(root, seed: int, scores: dict, **section) -> object:
+    """A run directory by hand: its recorded config (seed ``seed``) and results.jsonl."""
+    from osrm.config import dump_config, parse_config
+    from osrm.report import append_results
+
+    run = root / f"s{seed}"
+    run.mkdir()
+    data = {"train": str(root / "x.csv")}  # absolute, as a recorded config holds it
+    blocks = [{"name": t, "files": data, "text_fields": ["text"], "label_field": "y",
+               "label_names": ["0", "1"]} for t in TASKS]  # fmt: skip
+    cfg = parse_config({"run_dir": str(run), "seed": seed, "tasks": blocks, **section})
+    (run / "config.yaml").write_text(dump_config(cfg))
+    out = [Result(i, "individual", t, "accuracy", s)
+           for i, sc in INDIVIDUAL.items() for t, s in zip(TASKS, sc, strict=True)]  # fmt: skip
+    for (init, method, hp), sc in scores.items():
+        out += [Result(init, "merged", t, "accuracy", s, method, hp)
+                for t, s in zip(TASKS, sc, strict=True)]  # fmt: skip
+    append_results(run / "results.jsonl", out)
+    return run
+
+
+def test_osrm_report_pools_the_verdict_over_seed_runs(tmp_path, capsys):
+    from osrm.cli import main
+
+    one = {("lora", "task_arithmetic", "scale=1.0"): (0.64, 0.4),  # 0.8
+           ("osrm", "task_arithmetic", "scale=1.0"): (0.672, 0.42)}  # 0.84  # fmt: skip
+    two = {("lora", "task_arithmetic", "scale=1.0"): (0.72, 0.45),  # 0.9
+           ("osrm", "task_arithmetic", "scale=1.0"): (0.704, 0.44)}  # 0.88  # fmt: skip
+    s0, s1 = _run(tmp_path, 0, one), _run(tmp_path, 1, two)
+    assert main(["-q", "report", str(s0), "--seeds", str(s1)]) == 0
+    md = (s0 / "results.md").read_text()
+    assert "mean ± spread over 2 seeds" in md and "**0.860 ± 0.020 (scale=1.0)**" in md
+    assert "0.850 ± 0.050 (scale=1.0)" in md  # lora
+    assert main(["-q", "report", str(s0)]) == 0  # alone: seed 0's numbers, no spread
+    assert "0.840 (scale=1.0)" in (s0 / "results.md").read_text()
+    other = _run(tmp_path, 2, two, lora={"rank": 4})
+    same = _run(tmp_path, 3, two)
+    (same / "config.yaml").write_text(
+        (same / "config.yaml").read_text().replace("seed: 3", "seed: 1")
+    )
+    before = (s0 / "results.md").read_text()
+    for seeds, message in (([other], "differs from"), ([s0], "seed 0 is there twice"),
+                           ([s1, same], "seed 1 is there twice")):  # fmt: skip
+        assert main(["report", str(s0), "--seeds", *map(str, seeds)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+    assert (s0 / "results.md").read_text() == before  # nothing written on bad input

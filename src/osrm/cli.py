@@ -87,7 +87,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 def _cmd_report(args: argparse.Namespace) -> None:
     from osrm import pipeline
 
-    paths = pipeline.report(args.run_dir)
+    paths = pipeline.report(args.run_dir, args.seeds)
     print(f"report: {paths['html']} (tables: {paths['markdown']}, {paths['csv']})")
 
 
@@ -162,7 +162,7 @@ COMMANDS: dict[str, Command] = {
     "report": Command(
         report_options, _cmd_report,
         "rebuild results.md/csv, plots and report.html of a run directory",
-        ("osrm report runs/demo",),
+        ("osrm report runs/demo", "osrm report runs/s0 --seeds runs/s1 runs/s2"),
     ),
     "demo": Command(
         demo_options, _cmd_demo,

@@ -108,6 +108,9 @@ def predict_options(p: argparse.ArgumentParser) -> None:
 
 def report_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", help="a run directory")
+    p.add_argument("--seeds", nargs="+", default=[], metavar="RUN_DIR",
+                   help="runs of the same config with other seeds: the verdict pools them "
+                   "(mean ± spread over seeds)")  # fmt: skip
 
 
 def demo_options(p: argparse.ArgumentParser) -> None:

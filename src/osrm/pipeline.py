@@ -10,6 +10,7 @@ continues where it stopped. Library modules take in-memory objects; only the sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from osrm import __version__, distributed
@@ -131,9 +132,29 @@ def demo(
     return out
 
 
-def report(run_dir: str | Path) -> dict:
-    """``osrm report RUN_DIR``: rebuild the report from the run's config and results."""
+def report(run_dir: str | Path, seeds: Sequence[str | Path] = ()) -> dict:
+    """``osrm report RUN_DIR [--seeds RUN_DIR ...]``: rebuild the report from the run's config and
+    results; the runs of ``seeds`` (the same config, other seeds) pool into the verdict."""
     run_dir = Path(run_dir)
+    cfg, results = _scored_run(run_dir)
+    seed_runs, seen = [], {cfg.seed}
+    for other in map(Path, seeds):
+        theirs, their_results = _same_config_other_seed(cfg, run_dir, other)
+        if theirs.seed in seen:
+            raise OsrmError(f"--seeds {other}: seed {theirs.seed} is there twice; give one run "
+                            "per seed")  # fmt: skip
+        seen.add(theirs.seed)
+        seed_runs.append(their_results)
+    inter = run_dir / INTERFERENCE_FILE
+    matrices = read_interference(inter) if inter.is_file() else {}
+    budget_file = run_dir / BUDGET_DIAGNOSTICS_FILE
+    budgets = read_budget_diagnostics(budget_file) if budget_file.is_file() else None
+    with run_dir_locked(run_dir):
+        return report_stage(cfg, run_dir, results, matrices, budgets, seed_runs)["paths"]
+
+
+def _scored_run(run_dir: Path) -> tuple[ExperimentConfig, list]:
+    """A run directory's config and results (at least one)."""
     config = run_dir / CONFIG_FILE
     if not config.is_file():
         raise OsrmError(f"{run_dir}: not a run directory (no {CONFIG_FILE})")
@@ -143,9 +164,17 @@ def report(run_dir: str | Path) -> dict:
         raise OsrmError(
             f"{run_dir}/{RESULTS_FILE}: no results yet; run `osrm run` or `osrm eval` first"
         )
-    inter = run_dir / INTERFERENCE_FILE
-    matrices = read_interference(inter) if inter.is_file() else {}
-    budget_file = run_dir / BUDGET_DIAGNOSTICS_FILE
-    budgets = read_budget_diagnostics(budget_file) if budget_file.is_file() else None
-    with run_dir_locked(run_dir):
-        return report_stage(cfg, run_dir, results, matrices, budgets)["paths"]
+    return cfg, results
+
+
+def _same_config_other_seed(
+    cfg: ExperimentConfig, run_dir: Path, other: Path
+) -> tuple[ExperimentConfig, list]:
+    """Config and results of ``other``, a run of ``cfg`` but for the seed (else one line)."""
+    theirs, results = _scored_run(other)
+    mine = cfg.model_dump(exclude={"seed", "run_dir"})
+    diff = [k for k, v in theirs.model_dump(exclude={"seed", "run_dir"}).items() if mine[k] != v]
+    if diff:
+        raise OsrmError(f"--seeds {other}: its config differs from {run_dir}'s in {diff} (only "
+                        "the seed may differ)")  # fmt: skip
+    return theirs, results

@@ -122,7 +122,9 @@ def markdown_report(
     rows: Sequence[Mapping],
     matrices: Matrices,
     budget_rows: Sequence[Mapping] = (),
+    judged: Mapping | None = None,
 ) -> str:
+    """results.md: the verdict (``judged``, from :func:`osrm.verdict.verdict`), then the tables."""
     tasks = cfg.task_names
     lines = [
         f"# osrm results: {cfg.run_dir}",
@@ -132,7 +134,7 @@ def markdown_report(
         f"task's main metric on its `{cfg.eval.split}` split; `norm. avg` = mean over tasks of "
         "merged / individual score of the same init. osrm " + __version__ + ".",
         "",
-        *(verdict_markdown(found) + [""] if (found := verdict([rows])) else []),
+        *(verdict_markdown(judged) + [""] if judged else []),
         "## Scores",
         "",
         SCORES_NOTE.replace("Highlighted", "Bold"),
@@ -184,6 +186,7 @@ def html_report(
     matrices: Matrices,
     images: Mapping[str, Path],
     budget_rows: Sequence[Mapping] = (),
+    judged: Mapping | None = None,
 ) -> str:
     """One page, no external resources: tables inline, PNGs as data URIs, each figure captioned
     by what it shows (``images``: :data:`CAPTIONS` key -> PNG)."""
@@ -215,7 +218,7 @@ def html_report(
         f"<style>{style}</style></head><body><h1>osrm results: {html.escape(cfg.run_dir)}</h1>"
         f"<p>Model {html.escape(cfg.model.name)}, tasks {html.escape(', '.join(tasks))}, "
         f"split {cfg.eval.split}, osrm {__version__}.</p>"
-        f"{verdict_html(verdict([rows]))}<h2>Scores</h2>"
+        f"{verdict_html(judged)}<h2>Scores</h2>"
         f"<p>{SCORES_NOTE}</p>{scores}{inter}<h2>Plots</h2>{figures}"
         f"<h2>Config</h2><pre>{html.escape(dump_config(cfg))}</pre></body></html>\n"
     )
@@ -227,11 +230,15 @@ def report_stage(
     results: Sequence[Result],
     matrices: Matrices,
     budgets: Budgets | None = None,
+    seed_runs: Sequence[Sequence[Result]] = (),
 ) -> dict:
     """Write every report artifact; return the table rows and the paths written. ``budgets``
-    (``budget_diagnostics.json``) adds the "Training budgets" table and its three plots."""
+    (``budget_diagnostics.json``) adds the "Training budgets" table and its three plots;
+    ``seed_runs`` (the results of the same config's runs with other seeds) pool into the
+    verdict (mean ± spread)."""
     tasks = cfg.task_names
     rows = results_table(results, tasks)
+    judged = verdict([rows, *(results_table(r, tasks) for r in seed_runs)])
     final = [r for r in rows if "step" not in r]  # the plots show the final adapters
     images = {
         "scale": plot_scale_curves(final, run_path(run_dir, PLOT_FILES["scale"])),
@@ -247,9 +254,9 @@ def report_stage(
     images |= {k: plot(steps, run_path(run_dir, PLOT_FILES[k])) for k, plot in plots.items()
                if steps}  # fmt: skip
     texts = {
-        "markdown": markdown_report(cfg, rows, matrices, steps),
+        "markdown": markdown_report(cfg, rows, matrices, steps, judged),
         "csv": csv_table(rows, result_columns(cfg, rows)),
-        "html": html_report(cfg, rows, matrices, images, steps),
+        "html": html_report(cfg, rows, matrices, images, steps, judged),
     }
     paths = {k: write_text(run_path(run_dir, REPORT_FILES[k]), text) for k, text in texts.items()}
     return {"rows": rows, "paths": paths, "images": images}
