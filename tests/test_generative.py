@@ -126,18 +126,104 @@ def test_every_built_in_classification_task_has_a_prompt_that_fits():
 
 
 def test_prompt_rules_and_rendering():
-    from osrm.tasks.prompts import Prompt, render, task_prompt
+    from dataclasses import replace
+
+    from osrm.tasks.prompts import render, task_prompt
     from osrm.tasks.registry import TASKS
 
-    trec, rte = TASKS["trec"], TASKS["rte"]
-    p = task_prompt(rte, Prompt("{text_pair} <- {text} ({choices})?", (" yes", " no")))
+    def spec(name: str, **options):
+        return replace(TASKS[name], format="generate", **options)
+
+    p = task_prompt(spec("rte", prompt="{text_pair} <- {text} ({choices})?"))
     assert render(p, "a {text_pair}", "b") == "b <- a {text_pair} (yes, no)?"
-    generic = task_prompt(TASKS["tweet_sentiment"], Prompt("Tweet: {text}"))
+    generic = task_prompt(spec("tweet_sentiment", prompt="Tweet: {text}"))
     assert generic.verbalisers == (" negative", " neutral", " positive")
-    bad = [(trec, Prompt("{text}", (" a", " b")), "expected 6 distinct verbalisers"),
-           (trec, Prompt("{text} {text_pair}"), "and no {text_pair}"),
-           (rte, Prompt("{text}"), "must hold {text} and {text_pair}"),
-           (TASKS["sms_spam"], Prompt("{text}", (" x", " x")), "distinct verbalisers")]  # fmt: skip
-    for spec, prompt, message in bad:
+    bad = [(spec("trec", verbalisers=[" a", " b"]), "expected 6 distinct verbalisers"),
+           (spec("trec", prompt="{text} {text_pair}"), "and no {text_pair}"),
+           (spec("rte", prompt="{text}"), "must hold {text} and {text_pair}"),
+           (spec("sms_spam", verbalisers=[" x", " x"]), "distinct verbalisers")]  # fmt: skip
+    for s, message in bad:
         with pytest.raises(OsrmError, match=message.replace("{", r"\{").replace("}", r"\}")):
-            task_prompt(spec, prompt)
+            task_prompt(s)
+    with pytest.raises(OsrmError, match="regression task cannot be generated"):
+        replace(TASKS["vader_movies"], format="generate")
+    with pytest.raises(OsrmError, match="apply to format: generate only"):
+        replace(TASKS["trec"], prompt="{text}")
+
+
+# ------------------------------------------------------------------ osrm run, end to end
+
+
+def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
+    """Statistics on the prompts, adapters with no head that load in vanilla peft, verbaliser
+    scores for base (zero-shot), individual and merged models; a mixed run is refused."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from conftest import write_synthetic_tasks
+    from osrm.cli import main
+    from osrm.report import read_results
+    from osrm.stats import load_stats
+    from osrm.tasks.prompts import render, task_prompt
+    from osrm.tasks.registry import load_task, task_from_dict
+
+    model_dir = tmp_path / "tiny-lm"
+    lm.save_pretrained(model_dir)
+    tiny_decoder_tokenizer().save_pretrained(model_dir)
+    (tmp_path / "data").mkdir()
+    blocks = [b for b in write_synthetic_tasks(tmp_path / "data", n=64) if b["name"] != "reg"]
+    answers = {"low": [" w60", " w61"], "high": [" w60", " w61", " w62"]}
+    for b in blocks:
+        b.update(format="generate", verbalisers=answers[b["name"]])
+    config = tmp_path / "gen.yaml"
+    config.write_text(json.dumps({
+        "run_dir": str(tmp_path / "run"), "model": {"name": str(model_dir)}, "tasks": blocks,
+        "lora": {"rank": 2, "inits": ["lora", "osrm"], "target_modules": ["q_proj", "v_proj"]},
+        "stats": {"examples": 16, "max_length": 24, "batch_size": 8},
+        "train": {"steps": 4, "batch_size": 8, "max_length": 24, "lr": 1e-2},
+        "eval": {"max_eval_examples": 12},
+        "merge": {"methods": {"task_arithmetic": {"scale": [1.0]}}, "save": False},
+    }))  # fmt: skip
+    assert main(["-q", "run", str(config)]) == 0
+    run = tmp_path / "run"
+    rows = read_results(run / "results.jsonl")
+    kinds = {(r.init, r.kind, r.task) for r in rows}
+    for init in ("lora", "osrm"):
+        for task in ("low", "high"):
+            assert {(init, k, task) for k in ("base", "individual", "merged")} <= kinds
+    weights = load_file(run / "adapters" / "osrm" / "low" / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)  # no head
+    peft_config = json.loads((run / "adapters/osrm/low/adapter_config.json").read_text())
+    assert peft_config["task_type"] == "CAUSAL_LM"
+    PeftModel.from_pretrained(lm, run / "adapters" / "osrm" / "low")  # vanilla peft loads it
+    # statistics count the prompt tokens (first stats.max_length of each), not the answers
+    spec = task_from_dict(blocks[0])
+    prompt = task_prompt(spec)
+    data = load_task(spec, "train", seed=0, max_examples=16)
+    tok = tiny_decoder_tokenizer()
+    tokens = sum(min(24, len(tok(render(prompt, t))["input_ids"])) for t in data["text"])
+    _, meta = load_stats(run / "stats" / "low.safetensors")
+    assert meta.n_tokens == tokens
+    # osrm merge of the headless adapters: the merged causal LM, base + ΔW, loadable as such
+    from transformers import AutoModelForCausalLM
+
+    from osrm.merging import merge_adapters
+
+    dirs = [str(run / "adapters" / "osrm" / t) for t in ("low", "high")]
+    assert main(["-q", "merge", *dirs, "--method", "ties", "--out", str(tmp_path / "m")]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    deltas = merge_adapters(dirs, "ties")
+    base = dict(AutoModelForCausalLM.from_pretrained(model_dir).named_parameters())
+    for name, param in merged.named_parameters():
+        want = base[name] + deltas[name] if name in deltas else base[name]
+        assert torch.allclose(param, want, atol=1e-6), name
+    assert deltas and all(name in base for name in deltas)
+    mixed = tmp_path / "mixed.yaml"
+    text = json.loads(config.read_text())
+    text["tasks"][1]["format"] = "classify"
+    del text["tasks"][1]["verbalisers"]
+    text["run_dir"] = str(tmp_path / "mixed")
+    mixed.write_text(json.dumps(text))
+    assert main(["run", str(mixed)]) == 2 and not (tmp_path / "mixed").exists()

@@ -64,7 +64,10 @@ def test_run_end_to_end_then_rerun_skips_everything(tiny_run, capsys, caplog):
     assert len(results) == 3 * len(settings)
     assert all(math.isfinite(r.score) for r in results)
     md = (run_dir / "results.md").read_text()
-    header = [c.strip() for c in md.split("\n## ")[0].splitlines()[4].split("|")[1:-1]]
+    assert md.index("## Verdict") < md.index("## Scores")  # the report opens with its verdict
+    scores = md.split("\n## Scores\n")[1]
+    table = next(line for line in scores.splitlines() if line.startswith("| init"))
+    header = [c.strip() for c in table.split("|")[1:-1]]
     assert header == [
         "init",
         "model",

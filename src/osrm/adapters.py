@@ -220,12 +220,13 @@ def load_provenance(adapter_dir: str | Path) -> Provenance | None:
         raise OsrmError(f"{path}: not a valid osrm provenance file ({e})") from None
 
 
-def lora_config(cfg: ExperimentConfig) -> LoraConfig:
-    """The peft config of every adapter in the experiment (head kept via modules_to_save)."""
+def lora_config(cfg: ExperimentConfig, generate: bool = False) -> LoraConfig:
+    """The peft config of every adapter in the experiment: with a task head (kept through
+    modules_to_save), or (``generate``) for a causal language model, with no head."""
     return LoraConfig(
         r=cfg.lora.rank,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=list(cfg.lora.target_modules),
-        task_type="SEQ_CLS",
+        task_type="CAUSAL_LM" if generate else "SEQ_CLS",
     )

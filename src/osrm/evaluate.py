@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from osrm import distributed
 from osrm.errors import OsrmError
+from osrm.generative import evaluate_generative
 from osrm.guards import check_finite
 from osrm.metrics import compute_metrics
 from osrm.models import cap_tokenizer
@@ -89,6 +90,9 @@ def evaluate(
         data = load_task(spec, split, seed=seed, max_examples=max_examples)
     if len(data) == 0:
         raise OsrmError(f"task {spec.name!r}: split {split!r} is empty")
+    if spec.format == "generate":  # no head: the most likely verbaliser (whole split each process)
+        return evaluate_generative(model, spec, data, tokenizer=tokenizer, max_length=max_length,
+                                   batch_size=batch_size)  # fmt: skip
     # each process scores its shard (all of it alone); predictions are gathered before metrics
     cap_tokenizer(tokenizer, model.config)  # a max_length above the model's positions: cut
     encoded = encode(distributed.shard(data), tokenizer, max_length)

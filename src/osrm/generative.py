@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
+from datasets import Dataset
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from osrm.errors import OsrmError
+from osrm.metrics import compute_metrics
+from osrm.tasks.prompts import render, task_prompt
+from osrm.tasks.spec import TaskSpec
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
 
@@ -118,3 +124,60 @@ def _logsoftmax(model: nn.Module, batch: dict[str, Tensor], device: torch.device
     if not bool(torch.isfinite(logits).all()):
         raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
     return torch.log_softmax(logits.double(), -1).cpu()
+
+
+# ------------------------------------------------------------------ tasks as prompts
+
+
+def prompted(data: Dataset, spec: TaskSpec) -> Dataset:
+    """A standardised split with ``text`` replaced by each example's prompt (no ``text_pair``):
+    what the statistics of a generative task are collected on."""
+    prompt = task_prompt(spec)
+    pair = "text_pair" in data.column_names
+
+    def fill(row: dict) -> dict:
+        return {"text": render(prompt, row["text"], row["text_pair"] if pair else None)}
+
+    out = data.map(fill)
+    return out.remove_columns(["text_pair"]) if pair else out
+
+
+def training_rows(
+    data: Dataset, spec: TaskSpec, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> list[dict[str, list[int]]]:
+    """Every example of a standardised split as a :func:`training_example` of its label."""
+    prompt = task_prompt(spec)
+    answers = answer_ids(tokenizer, prompt.verbalisers)
+    pairs = data["text_pair"] if "text_pair" in data.column_names else [None] * len(data)
+    return [training_example(tokenizer, render(prompt, t, p), answers[y], max_length)
+            for t, p, y in zip(data["text"], pairs, data["label"], strict=True)]  # fmt: skip
+
+
+def causal_batches(
+    rows: Sequence[dict[str, list[int]]],
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+) -> DataLoader:
+    """Right-padded batches of :func:`training_rows` (seeded shuffle, as ``batches`` does)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(list(rows), batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=lambda chunk: pad_batch(chunk, pad))  # fmt: skip
+
+
+def evaluate_generative(
+    model: nn.Module, spec: TaskSpec, data: Dataset, *, tokenizer: PreTrainedTokenizerBase,
+    max_length: int, batch_size: int,
+) -> dict[str, float]:  # fmt: skip
+    """The task's metrics, predicting for each example the label whose verbaliser is the most
+    likely answer to its prompt."""
+    prompt = task_prompt(spec)
+    pairs = data["text_pair"] if "text_pair" in data.column_names else [None] * len(data)
+    texts = [render(prompt, t, p) for t, p in zip(data["text"], pairs, strict=True)]
+    scores = verbaliser_logprobs(model, tokenizer, texts, prompt.verbalisers,
+                                 max_length=max_length, batch_size=batch_size)  # fmt: skip
+    preds = scores.argmax(-1).numpy()
+    return compute_metrics(spec.metrics, preds, np.asarray(data["label"]))

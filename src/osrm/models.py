@@ -14,7 +14,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from osrm import distributed
 from osrm.artifacts import atomic_dir
@@ -76,7 +81,6 @@ def gguf_to_safetensors(gguf: Path, name: str) -> Path:
         return out
     if importlib.util.find_spec("gguf") is None:
         raise OsrmError(f"reading {gguf.name} needs the gguf package: pip install gguf")
-    from transformers import AutoModelForCausalLM
 
     log.info("dequantising %s into %s (once)", gguf, out)
     source = str(gguf.parent)
@@ -199,16 +203,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_base(
-    cfg: ExperimentConfig, num_labels: int = 2
+def load_causal_lm(
+    name: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+    device: torch.device | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The frozen base model on its device, and the tokenizer."""
+    """A causal language model (generative tasks: no head) and its tokenizer, pad = eos."""
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            device_map={"": str(device)} if device is not None and device.type == "cuda" else None,
+        )  # fmt: skip
+    except (OSError, ValueError) as e:
+        raise load_error(name, path, e) from None
+    pad_with_eos(tokenizer, name)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    cap_tokenizer(tokenizer, model.config)
+    model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)
+    return model, tokenizer
+
+
+def load_base(
+    cfg: ExperimentConfig, num_labels: int = 2, *, generate: bool = False
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The frozen base model on its device, and the tokenizer: a sequence classifier with
+    ``num_labels`` outputs, or (``generate``) the causal language model."""
     device = resolve_device(cfg.model.device)
-    model, tokenizer = load_model(
-        cfg.model.name,
-        num_labels,
-        dtype=getattr(torch, cfg.model.dtype),
-        trust_remote_code=cfg.model.trust_remote_code,
-        device=device,
-    )
+    options = {"dtype": getattr(torch, cfg.model.dtype), "device": device,
+               "trust_remote_code": cfg.model.trust_remote_code}  # fmt: skip
+    if generate:
+        model, tokenizer = load_causal_lm(cfg.model.name, **options)
+    else:
+        model, tokenizer = load_model(cfg.model.name, num_labels, **options)
     return model.to(device).eval(), tokenizer

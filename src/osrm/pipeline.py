@@ -45,6 +45,7 @@ from osrm.stages.retrofitting import retrofit_stage
 from osrm.stages.statistics import stats_stage, subspace_stage
 from osrm.stages.training import adapter_stage
 from osrm.tasks.registry import task_spec
+from osrm.tasks.spec import generative
 
 DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
 DEMO_QUICK_CONFIG = Path(__file__).with_name("demo-quick.yaml")
@@ -67,7 +68,7 @@ def run(
 def _stages(cfg: ExperimentConfig, until: str) -> dict:
     run_dir = Path(cfg.run_dir)
     specs = {task: task_spec(cfg, task) for task in cfg.task_names}  # resolved once, here
-    model, tokenizer = load_base(cfg)
+    model, tokenizer = load_base(cfg, generate=generative(specs.values()))
     check_rank(cfg, model)
     stats, metas = stats_stage(cfg, run_dir, specs, model, tokenizer)
     del model  # the training and evaluation stages load their own

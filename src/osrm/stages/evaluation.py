@@ -41,7 +41,7 @@ from osrm.models import load_base
 from osrm.report import Result, append_results, hp_string, read_results
 from osrm.rundir import RESULTS_FILE, merged_dir, retrofit_dir, run_path, stats_file
 from osrm.stages.retrofitting import retrofit_series, sources
-from osrm.tasks.spec import TaskSpec
+from osrm.tasks.spec import TaskSpec, generative
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def merge_split(
 
 def load_adapter_model(cfg: ExperimentConfig, adapter_dir: Path, spec: TaskSpec):
     """Base model + saved adapter (with its head) through vanilla ``PeftModel.from_pretrained``."""
-    model, tokenizer = load_base(cfg, spec.num_labels)
+    model, tokenizer = load_base(cfg, spec.num_labels, generate=spec.format == "generate")
     return load_adapter(model, adapter_dir).eval(), tokenizer
 
 
@@ -206,7 +206,7 @@ def eval_stage(
     path = run_path(run_dir, RESULTS_FILE)
     done = {(r.key, r.task) for r in read_results(path)}
     grid = merge_grid(cfg)
-    backbone, tok = load_base(cfg)
+    backbone, tok = load_base(cfg, generate=generative(specs.values()))
     for init, step, dirs in adapter_series(cfg, run_dir, adapters):
         _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
                        init=init, step=step)  # fmt: skip
@@ -241,7 +241,9 @@ def _eval_adapters(
     whose results carry ``series`` (``init``, ``step``); settings in ``done`` are skipped."""
     path, (backbone, tok), tasks = run_path(run_dir, RESULTS_FILE), base, cfg.task_names
     init, step = series["init"], series["step"]
-    heads = {t: adapter_head(d) for t, d in zip(tasks, dirs, strict=True)}
+    # generative tasks have no head: the backbone answers every task from its prompt
+    heads = {t: adapter_head(d) if specs[t].format == "classify" else {}
+             for t, d in zip(tasks, dirs, strict=True)}  # fmt: skip
     for task, adapter_dir in zip(tasks, dirs, strict=True):
         if ((init, "individual", "", "", step), task) not in done:
             model, _ = load_adapter_model(cfg, adapter_dir, specs[task])

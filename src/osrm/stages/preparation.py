@@ -14,8 +14,9 @@ from osrm.models import load_error, resolve_device, resolve_model
 from osrm.rundir import check_recorded, check_run_dir, record_config
 from osrm.stages.evaluation import merge_grid
 from osrm.stats import capture_inputs, find_target_modules, input_dim
+from osrm.tasks.prompts import task_prompt
 from osrm.tasks.registry import get_task, task_sizes, task_spec
-from osrm.tasks.spec import TaskSpec
+from osrm.tasks.spec import TaskSpec, generative
 
 
 def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -44,8 +45,15 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
             except OsrmError as e:
                 raise OsrmError(f"{config}: tasks: {e}") from None
     check_model(cfg)
-    for task in cfg.task_names:  # cached: the stages reuse what is loaded here
-        check_splits(cfg, task_spec(cfg, task))
+    specs = [task_spec(cfg, task) for task in cfg.task_names]
+    for spec in specs:  # cached: the stages reuse what is loaded here
+        check_splits(cfg, spec)
+    if generative(specs):
+        for spec in specs:
+            task_prompt(spec)  # its template and verbalisers fit the task
+        if cfg.merge.save:
+            raise OsrmError("merge.save: saving merged models of generative tasks is not "
+                            "supported yet; set merge.save: false")  # fmt: skip
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
     record_config(cfg, run_dir)  # locked by the main process for the whole command

@@ -16,6 +16,7 @@ from osrm.artifacts import seal_files, verify_file
 from osrm.config import ExperimentConfig
 from osrm.diagnostics import subspace_report, summarise_report
 from osrm.errors import OsrmError
+from osrm.generative import prompted
 from osrm.linalg import StatsByTask
 from osrm.rundir import stats_file
 from osrm.stats import (
@@ -68,6 +69,8 @@ def stats_stage(
             log.info("statistics for %s: %s is stale, recomputing", task, path)
         elif problem is not None:
             log.warning("statistics for %s: %s; recomputing", task, problem)
+        if spec.format == "generate":  # the layer inputs of the prompts, not of the answers
+            data = prompted(data, spec)
         local = batches(encode(distributed.shard(data), tokenizer, cfg.stats.max_length),
                         tokenizer, cfg.stats.batch_size)  # fmt: skip
         stats = collect_stats(model, local, cfg.lora.target_modules, mask=cfg.stats.mask,

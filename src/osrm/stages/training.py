@@ -18,6 +18,7 @@ from osrm.adapters import Provenance, attach_lora, finished_adapter, lora_config
 from osrm.config import ExperimentConfig, TrainSection
 from osrm.constraints import constrain_a, interference_penalty, penalty_moments
 from osrm.errors import OsrmError
+from osrm.generative import causal_batches, training_rows
 from osrm.inits import INITS
 from osrm.linalg import StatsByTask
 from osrm.models import load_base
@@ -210,26 +211,34 @@ def train_task(
     """
     task = spec.name
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_base(cfg, spec.num_labels)
+    generate = spec.format == "generate"
+    model, tokenizer = load_base(cfg, spec.num_labels, generate=generate)
     if provenance is not None:  # per-module base hashes (not part of the run fingerprint)
         targets = find_target_modules(model, cfg.lora.target_modules)
         provenance = replace(provenance, base_fingerprints=module_fingerprints(model, targets))
     init = provenance.init if provenance else ("osrm" if bases is not None else "lora")
     freeze_a = provenance.freeze_a if provenance else cfg.train.freeze_a
-    peft_model = attach_lora(model, lora_config(cfg), bases=bases, freeze_a=freeze_a)
+    peft_model = attach_lora(model, lora_config(cfg, generate), bases=bases, freeze_a=freeze_a)
     if directions is not None:
         constrain_a(peft_model, directions)
     mu = cfg.train.interference_penalty
     penalty = interference_penalty(peft_model, moments, mu) if moments is not None else None
     data = load_task(spec, "train", seed=cfg.seed, max_examples=cfg.train.max_train_examples)
-    encoded = encode(data, tokenizer, cfg.train.max_length)
     micro = cfg.train.batch_size // cfg.train.grad_accum
+    if generate:  # prompt + verbaliser, the loss on the answer only
+        rows = training_rows(data, spec, tokenizer, cfg.train.max_length)
 
-    def epoch_batches(epoch: int):
-        return batches(
-            encoded, tokenizer, micro, shuffle=True, seed=cfg.seed * 100_003 + epoch,
-            group_by_length=cfg.train.group_by_length,
-        )  # fmt: skip
+        def epoch_batches(epoch: int):
+            return causal_batches(rows, tokenizer, micro, shuffle=True,
+                                  seed=cfg.seed * 100_003 + epoch)  # fmt: skip
+    else:
+        encoded = encode(data, tokenizer, cfg.train.max_length)
+
+        def epoch_batches(epoch: int):
+            return batches(
+                encoded, tokenizer, micro, shuffle=True, seed=cfg.seed * 100_003 + epoch,
+                group_by_length=cfg.train.group_by_length,
+            )  # fmt: skip
 
     ckpt = out_dir.parent / f".{out_dir.name}.ckpt"
     fingerprint = run_fingerprint(cfg, task, init, provenance)

@@ -66,11 +66,32 @@ class TaskBlock(Section):
     size: int | None = Field(None, ge=0)
     description: str = ""
     license: str = ""
+    format: Literal["classify", "generate"] = "classify"
+    prompt: str | None = None
+    verbalisers: Names | None = None
 
     @field_validator("name")
     @classmethod
     def _file_name(cls, value: str) -> str:  # stats/<name>.safetensors, adapters/<init>/<name>
         return check_name(value, "tasks: name")
+
+
+# a block with only these keys extends a built-in task (``{name: trec, format: generate}``)
+OPTION_KEYS = ("name", "format", "prompt", "verbalisers")
+
+
+class TaskOptions(Section):
+    """The types of a block that extends a built-in task: how it is learnt and scored."""
+
+    name: str
+    format: Literal["classify", "generate"] = "classify"
+    prompt: str | None = None
+    verbalisers: Names | None = None
+
+
+def is_options_block(entry: Any) -> bool:
+    """Whether a ``tasks`` entry extends a built-in task rather than defining one."""
+    return isinstance(entry, dict) and set(entry) <= set(OPTION_KEYS)
 
 
 def check_task_blocks(tasks: Any, source: str) -> None:
@@ -86,7 +107,8 @@ def check_task_blocks(tasks: Any, source: str) -> None:
                 f"{source}: field 'tasks.{i}': expected a registry task name or a task block "
                 f"(a mapping with name, files, text_fields, label_field, ...), got {got}"
             )
+        schema = TaskOptions if is_options_block(entry) else TaskBlock
         try:
-            TaskBlock.model_validate(entry)
+            schema.model_validate(entry)
         except ValidationError as e:
-            raise OsrmError(f"{source}: {first_error(e, TaskBlock, ('tasks', i))}") from None
+            raise OsrmError(f"{source}: {first_error(e, schema, ('tasks', i))}") from None

@@ -66,27 +66,30 @@ PROMPTS: dict[str, Prompt] = {
 }
 
 
-def task_prompt(spec: TaskSpec, given: Prompt | None = None) -> Prompt:
-    """``spec``'s prompt (``given``, the built-in default, or the generic one), checked: its
-    fields fit the task and it has one verbaliser per label."""
+def task_prompt(spec: TaskSpec) -> Prompt:
+    """``spec``'s prompt, checked: its own ``prompt`` / ``verbalisers``, else the built-in
+    default (:data:`PROMPTS`), else the generic template and the label names."""
     if spec.is_regression:
         raise OsrmError(
             f"task '{spec.name}': a regression task cannot be generated (no labels to verbalise); "
             "keep it head-only (format: classify)"
         )
-    prompt = given or PROMPTS.get(spec.name) or Prompt(PAIR if spec.is_pair else SINGLE)
+    default = PROMPTS.get(spec.name) or Prompt(PAIR if spec.is_pair else SINGLE)
+    template = spec.prompt or default.template
     names = spec.label_names or ()
-    verbalisers = prompt.verbalisers or tuple(" " + n.replace("_", " ") for n in names)
+    verbalisers = (
+        spec.verbalisers or default.verbalisers or tuple(" " + n.replace("_", " ") for n in names)
+    )
     if len(verbalisers) != len(names) or len(set(verbalisers)) != len(names):
         raise OsrmError(f"task '{spec.name}': expected {len(names)} distinct verbalisers (one "
                         f"per label {list(names)}), got {list(verbalisers)}")  # fmt: skip
     need = ["{text}", *(["{text_pair}"] if spec.is_pair else [])]
-    missing = [f for f in need if f not in prompt.template]
-    if missing or (not spec.is_pair and "{text_pair}" in prompt.template):
+    missing = [f for f in need if f not in template]
+    if missing or (not spec.is_pair and "{text_pair}" in template):
         raise OsrmError(f"task '{spec.name}': the prompt template must hold {' and '.join(need)}"
                         f"{'' if spec.is_pair else ' (and no {text_pair})'}, got "
-                        f"{prompt.template!r}")  # fmt: skip
-    return Prompt(prompt.template, verbalisers)
+                        f"{template!r}")  # fmt: skip
+    return Prompt(template, tuple(verbalisers))
 
 
 def render(prompt: Prompt, text: str, text_pair: str | None = None) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import fields
+from dataclasses import fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from datasets import Dataset
 
 from osrm.config import ExperimentConfig
 from osrm.errors import OsrmError
+from osrm.tasks.blocks import OPTION_KEYS, is_options_block
 from osrm.tasks.sources import check_source, read_raw
 from osrm.tasks.spec import SPLITS, SplitPolicy, TaskSpec, as_tuple
 from osrm.tasks.splits import prepare_splits, subsample
@@ -153,9 +154,22 @@ def task_spec(cfg: ExperimentConfig, name: str) -> TaskSpec:
     for entry in cfg.tasks:
         if entry == name:
             return get_task(name)
+        if is_options_block(entry) and entry.get("name") == name:
+            return _extended(entry)
         if isinstance(entry, dict) and entry.get("name") == name:
             return task_from_dict(entry)
     raise OsrmError(f"task {name!r} is not in the config's tasks {cfg.task_names}")
+
+
+def _extended(options: Mapping[str, Any]) -> TaskSpec:
+    """A built-in task with the ``format`` / ``prompt`` / ``verbalisers`` of an options block."""
+    name = options["name"]
+    if name not in TASKS:
+        raise OsrmError(
+            f"task '{name}': a block with only {', '.join(OPTION_KEYS)} extends a built-in "
+            f"task, and '{name}' is none; valid: {', '.join(TASKS)}"
+        )
+    return replace(TASKS[name], **{k: v for k, v in options.items() if k != "name"})
 
 
 def task_from_dict(d: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None) -> TaskSpec:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +17,9 @@ from osrm.errors import OsrmError
 from osrm.metrics import METRICS
 
 SPLITS = ("train", "validation", "test")
+# how a task is learnt and scored: a classification head per task, or prompt -> answer on a
+# decoder with no head (osrm.generative; prompts and verbalisers: osrm.tasks.prompts)
+FORMATS = ("classify", "generate")
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,9 @@ class TaskSpec:
         files: ``(split, path)`` pairs for ``source="files"``.
         size: documented number of examples over all splits after cleaning (``None``: unknown).
         description, license: where the data come from and under which terms.
+        format: one of :data:`FORMATS`.
+        prompt, verbalisers: a generative task's template and one answer per label (None:
+            the defaults of :mod:`osrm.tasks.prompts`).
     """
 
     name: str
@@ -91,6 +97,9 @@ class TaskSpec:
     size: int | None = None
     description: str = ""
     license: str = ""
+    format: str = "classify"
+    prompt: str | None = None
+    verbalisers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         norm = {"text_fields": as_tuple(self.text_fields), "metrics": as_tuple(self.metrics)}
@@ -98,6 +107,8 @@ class TaskSpec:
             norm["label_names"] = tuple(label_key(v) for v in as_tuple(self.label_names))
         if self.label_values is not None:
             norm["label_values"] = tuple(label_key(v) for v in as_tuple(self.label_values))
+        if self.verbalisers is not None:
+            norm["verbalisers"] = as_tuple(self.verbalisers)
         files = self.files.items() if isinstance(self.files, Mapping) else self.files
         norm["files"] = tuple((str(s), os.fspath(p)) for s, p in files)
         for key, value in norm.items():
@@ -122,6 +133,15 @@ class TaskSpec:
         return 1 if self.label_names is None else len(self.label_names)
 
 
+def generative(specs: Iterable[TaskSpec]) -> bool:
+    """Whether a run's tasks are generative; a run mixing formats is refused (a merged model
+    either has a head per task or answers every task from its prompt)."""
+    formats = {s.name: s.format for s in specs}
+    if len(set(formats.values())) > 1:
+        raise OsrmError(f"tasks: every task of a run must have the same format, got {formats}")
+    return "generate" in formats.values()
+
+
 def as_tuple(value: Any) -> tuple[str, ...]:
     """One name or several as a tuple (``text_fields: review`` means ``(review,)``)."""
     return (value,) if isinstance(value, str) else tuple(value)
@@ -144,6 +164,12 @@ def _spec_problem(spec: TaskSpec) -> str | None:
         return f"unknown metric '{unknown[0]}'; valid metrics: {', '.join(METRICS)}"
     if spec.main_metric not in spec.metrics:
         return f"main_metric '{spec.main_metric}' is not one of metrics {list(spec.metrics)}"
+    if spec.format not in FORMATS:
+        return f"format must be one of {list(FORMATS)}, got {spec.format!r}"
+    if spec.format == "generate" and spec.is_regression:
+        return "a regression task cannot be generated (no labels to verbalise); keep it head-only"
+    if spec.format == "classify" and (spec.prompt is not None or spec.verbalisers is not None):
+        return "prompt and verbalisers apply to format: generate only"
     have, want = {s for s, _ in spec.files}, set(spec.splits.source_names().values())
     if spec.source == "files" and have != want:
         return f"files cover splits {sorted(have)} but the split policy reads {sorted(want)}"
