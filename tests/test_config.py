@@ -17,7 +17,7 @@ CONFIGS = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
 def test_configs_exist():
     assert {p.name for p in CONFIGS} == {
         "demo.yaml", "demo-quick.yaml", "offline-suite.yaml", "glue-roberta-large.yaml",
-        "glue-llama3-8b.yaml", "smollm2-offline.yaml",
+        "glue-llama3-8b.yaml", "smollm2-offline.yaml", "smollm2-generate.yaml",
     }  # fmt: skip
 
 
