@@ -220,6 +220,23 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
         want = base[name] + deltas[name] if name in deltas else base[name]
         assert torch.allclose(param, want, atol=1e-6), name
     assert deltas and all(name in base for name in deltas)
+    # osrm predict on a merged generative model gives back the pipeline's merged score
+    rows_ta = {r.task: r.score for r in rows if (r.init, r.kind, r.method) ==
+               ("osrm", "merged", "task_arithmetic")}  # fmt: skip
+    ta = tmp_path / "ta"
+    assert main(["-q", "merge", *dirs, "--method", "task_arithmetic", "--out", str(ta)]) == 0
+    for i, name in enumerate(("low", "high")):
+        test = load_task(task_from_dict(blocks[i]), "test", seed=0, max_examples=12)
+        inputs = tmp_path / f"{name}.jsonl"
+        inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in test["text"]))
+        out = tmp_path / f"{name}.out.jsonl"
+        assert main(["-q", "predict", str(ta), "--task", name, "--input", str(inputs),
+                     "--max-length", "24", "--out", str(out)]) == 0  # fmt: skip
+        records = [json.loads(line) for line in out.read_text().splitlines()]
+        names = blocks[i]["label_names"]
+        hits = [r["label"] == names[y] for r, y in zip(records, test["label"], strict=True)]
+        assert sum(hits) / len(hits) == pytest.approx(rows_ta[name], abs=1e-9), name
+        assert all(0 < r["probability"] <= 1 for r in records)
     mixed = tmp_path / "mixed.yaml"
     text = json.loads(config.read_text())
     text["tasks"][1]["format"] = "classify"

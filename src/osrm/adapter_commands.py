@@ -18,6 +18,7 @@ from osrm.adapters import load_adapter
 from osrm.artifacts import atomic_file
 from osrm.errors import OsrmError
 from osrm.evaluate import evaluate
+from osrm.heads import adapter_head
 from osrm.merging import (
     MANIFEST_FILE,
     get_method,
@@ -147,9 +148,12 @@ def eval_one(args: argparse.Namespace) -> dict:
     if not args.task or bool(args.adapter) == bool(args.merged):
         raise OsrmError("evaluate one model with --task and exactly one of --adapter or --merged")
     spec = get_task(args.task)
-    if args.adapter:
-        adapter = resolve_adapter(args.adapter)
+    adapter = resolve_adapter(args.adapter) if args.adapter else None
+    if adapter and lora_deltas(adapter).provenance.get("prompt"):  # generative: no head
+        adapter, args.merged = None, adapter  # answered from its recorded prompt, as a merge is
+    if adapter:
         require_safetensors(adapter)
+        adapter_head(adapter)  # a headless adapter without a recorded prompt: one line, here
         base = args.base or lora_deltas(adapter).base_model
         if not base:
             raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
@@ -158,6 +162,7 @@ def eval_one(args: argparse.Namespace) -> dict:
         context = contextlib.nullcontext(model)
     else:
         merged = load_merged(args.merged, args.base)
+        spec = merged.task_spec(spec)  # a generative merge answers from its recorded prompt
         context, tokenizer = merged.for_task(args.task), merged.tokenizer
     with context as model:
         scores = evaluate(

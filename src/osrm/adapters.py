@@ -48,6 +48,9 @@ class Provenance:
     # different target modules are compared on the modules they share
     base_fingerprints: dict = field(default_factory=dict, repr=False)  # not in run fingerprints
     freeze_a: bool = False
+    # generative tasks: {"template", "verbalisers", "labels"}, what a merged model needs to
+    # answer the task (the run directory pins the tasks, so it is not in run fingerprints)
+    prompt: dict = field(default_factory=dict, repr=False)
     osrm_version: str = __version__
 
 

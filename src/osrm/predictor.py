@@ -11,23 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from torch import Tensor, nn
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
 
 from osrm.adapters import load_adapter
 from osrm.errors import OsrmError, one_line
 from osrm.evaluate import logits_over
+from osrm.generative import verbaliser_logprobs
 from osrm.heads import adapter_head, head_outputs, read_head, use_head
 from osrm.merging import MANIFEST_FILE, lora_deltas, read_manifest
-from osrm.models import cap_tokenizer, load_model, pad_with_eos, resolve_model
+from osrm.models import cap_tokenizer, load_causal_lm, load_model, pad_with_eos, resolve_model
 from osrm.safety import require_safetensors
 from osrm.tasks.batching import batches, encode
+from osrm.tasks.prompts import Prompt, render
 from osrm.tasks.registry import TASKS
+from osrm.tasks.spec import TaskSpec
 
 
 @dataclass(frozen=True)
@@ -39,26 +47,39 @@ class Predictor:
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
     heads: Mapping[str, Mapping[str, Tensor]]  # task -> head parameters (base-model names)
+    # generative tasks (a causal LM, no heads): task -> {"template", "verbalisers", "labels"}
+    prompts: Mapping[str, Mapping] = field(default_factory=dict)
 
     @property
     def tasks(self) -> list[str]:
-        """The tasks this model has a head for."""
-        return list(self.heads)
+        """The tasks this model has a head (or, generative, a prompt) for."""
+        return [*self.heads, *self.prompts]
 
     def check_task(self, task: str) -> str:
-        """``task``, when this model has a head for it."""
-        if task not in self.heads:
+        """``task``, when this model can answer it."""
+        if task not in self.tasks:
             raise OsrmError(f"{self.path}: no head for task {task!r}; tasks: {self.tasks}")
         return task
 
     @contextmanager
     def for_task(self, task: str) -> Iterator[nn.Module]:
-        """The model with ``task``'s head on it, for the block."""
-        with use_head(self.model, self.heads[self.check_task(task)]) as model:
+        """The model with ``task``'s head on it (generative: as it is), for the block."""
+        head = self.heads.get(self.check_task(task), {})
+        with use_head(self.model, head) as model:
             yield model
+
+    def task_spec(self, spec: TaskSpec) -> TaskSpec:
+        """``spec`` as this model answers it: a generative task gets its recorded prompt."""
+        p = self.prompts.get(self.check_task(spec.name))
+        if p is None:
+            return spec
+        return replace(spec, format="generate", prompt=p["template"],
+                       verbalisers=tuple(p["verbalisers"]))  # fmt: skip
 
     def labels(self, task: str, given: Sequence[str] | None = None) -> list[str] | None:
         """``task``'s class names (None: a regression head), ``given`` or the built-in task's."""
+        if task in self.prompts:  # a generative task's labels are those it was trained on
+            return list(self.prompts[task]["labels"])
         outputs = head_outputs(self.heads[task]) if task in self.heads else 0
         spec = TASKS.get(task)
         names = list(given) if given else (list(spec.label_names or []) if spec else [])
@@ -86,6 +107,8 @@ class Predictor:
         """One record per text, in input order: ``label`` (name), ``label_id`` and
         ``probability`` (softmax) for classification, ``value`` for regression."""
         names = self.labels(task, label_names)
+        if task in self.prompts:
+            return self._generate(task, texts, text_pairs, batch_size, max_length)
         columns = {"text": list(texts), "label": list(range(len(texts)))}  # label: the index
         if text_pairs is not None:
             columns["text_pair"] = list(text_pairs)
@@ -97,6 +120,17 @@ class Predictor:
         for row, index in zip(logits, order.tolist(), strict=True):
             out[index] = _record(index, row, names)
         return out
+
+    def _generate(self, task: str, texts, pairs, batch_size: int, max_length: int) -> list:
+        """Records of a generative task: each label's probability is its verbaliser's
+        likelihood, normalised over the labels."""
+        p = self.prompts[task]
+        prompt = Prompt(p["template"], tuple(p["verbalisers"]))
+        pairs = pairs if pairs is not None else [None] * len(texts)
+        filled = [render(prompt, t, q) for t, q in zip(texts, pairs, strict=True)]
+        scores = verbaliser_logprobs(self.model, self.tokenizer, filled, prompt.verbalisers,
+                                     max_length=max_length, batch_size=batch_size)  # fmt: skip
+        return [_record(i, row, p["labels"]) for i, row in enumerate(scores)]
 
 
 def _record(index: int, logits: Tensor, names: Sequence[str] | None) -> dict:
@@ -114,29 +148,33 @@ def load_merged(path: str | Path, base: str | None = None) -> Predictor:
     if (path / MANIFEST_FILE).is_file():
         manifest = read_manifest(path)
         heads = {t: read_head(path, t) for t in manifest.get("heads") or {}}
-        if not heads:
-            raise OsrmError(f"{path / MANIFEST_FILE}: lists no task heads")
+        prompts = {s["task"]: s["prompt"] for s in manifest.get("sources", []) if s.get("prompt")}
+        if not heads and not prompts:
+            raise OsrmError(f"{path / MANIFEST_FILE}: lists no task heads and no prompts")
         base = _base_name(base or manifest.get("base_model"), path / MANIFEST_FILE,
                           "base_model (adapters of different or unnamed bases)")  # fmt: skip
         kind = "lora" if manifest.get("output") == "lora" else "dense"
         if kind == "lora":
             inside = manifest.get("adapter_head")
-            model, tokenizer = _with_adapter(base, path, read_head(path, inside) if inside else
-                                             next(iter(heads.values())))  # fmt: skip
+            head = read_head(path, inside) if inside else next(iter(heads.values()), None)
+            model, tokenizer = _with_adapter(base, path, head)
         else:
-            model, tokenizer = _dense(path, base)
+            model, tokenizer = _dense(path, base, generate=not heads)
     elif (path / "adapter_config.json").is_file():
         require_safetensors(path)
-        deltas, head = lora_deltas(path), adapter_head(path)
+        deltas = lora_deltas(path)
         base = _base_name(base or deltas.base_model, path / "adapter_config.json", "base model")
-        kind, heads = "adapter", {deltas.task: head}
+        prompt = deltas.provenance.get("prompt")
+        head = None if prompt else adapter_head(path)
+        kind, heads = "adapter", {deltas.task: head} if head else {}
+        prompts = {deltas.task: prompt} if prompt else {}
         model, tokenizer = _with_adapter(base, path, head)
     else:
         raise OsrmError(
             f"{path}: neither a merged output ({MANIFEST_FILE}) nor a peft adapter "
             "(adapter_config.json)"
         )
-    return Predictor(path, kind, model.eval(), tokenizer, heads)
+    return Predictor(path, kind, model.eval(), tokenizer, heads, prompts)
 
 
 def _base_name(name: str | None, where: Path, what: str) -> str:
@@ -146,18 +184,21 @@ def _base_name(name: str | None, where: Path, what: str) -> str:
 
 
 def _with_adapter(
-    base: str, adapter: Path, head: Mapping[str, Tensor]
+    base: str, adapter: Path, head: Mapping[str, Tensor] | None
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The base model with a (merged or single) LoRA adapter folded into its weights."""
-    model, tokenizer = load_model(base, head_outputs(head))
+    """The base model with a (merged or single) LoRA adapter folded into its weights: a
+    classifier sized for ``head``, or (no head: generative tasks) the causal LM."""
+    model, tokenizer = load_model(base, head_outputs(head)) if head else load_causal_lm(base)
     return load_adapter(model, adapter).merge_and_unload(), tokenizer
 
 
-def _dense(path: Path, base: str) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """A dense merged backbone (its own first head) and the base model's tokenizer."""
+def _dense(path: Path, base: str, generate: bool) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A dense merged model (a classifier with its first head, or the causal LM) and the base
+    model's tokenizer."""
     tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(resolve_model(base)), base)
+    auto = AutoModelForCausalLM if generate else AutoModelForSequenceClassification
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(str(path), use_safetensors=True)
+        model = auto.from_pretrained(str(path), use_safetensors=True)
     except (OSError, ValueError) as e:
         raise OsrmError(f"{path}: cannot load the merged model ({one_line(e)[:300]})") from None
     model.config.pad_token_id = tokenizer.pad_token_id

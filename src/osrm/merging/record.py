@@ -51,6 +51,8 @@ def source_record(source: Mapping[str, Tensor], task: str) -> dict:
             adapter_sha256=source.sha256,
             base_model=source.base_model,
         )
+        if source.provenance.get("prompt"):  # a generative task: what answering it needs
+            record["prompt"] = source.provenance["prompt"]
     else:
         record.update(kind=type(source).__name__, path=str(getattr(source, "path", "")) or None)
     return record

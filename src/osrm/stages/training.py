@@ -32,6 +32,7 @@ from osrm.stats import (
 )
 from osrm.subspace import osrm_directions
 from osrm.tasks.batching import batches, encode
+from osrm.tasks.prompts import task_prompt
 from osrm.tasks.registry import load_task
 from osrm.tasks.spec import TaskSpec
 from osrm.train import TrainResult, train
@@ -58,17 +59,23 @@ def budget_fingerprint(cfg: ExperimentConfig, task: str, init: str, prov: object
 def provenance(
     cfg: ExperimentConfig,
     init: str,
-    task: str,
+    spec: TaskSpec,
     digests: dict[str, str],
     metas: dict[str, StatsMeta],
 ) -> Provenance:
-    """How ``task``'s adapter for ``init`` starts (recorded beside it and in its fingerprint)."""
-    mode = INITS[init].mode
+    """How ``spec``'s adapter for ``init`` starts (recorded beside it and in its fingerprint),
+    and a generative task's prompt (recorded, not in the fingerprint)."""
+    mode, task = INITS[init].mode, spec.name
+    prompt = {}
+    if spec.format == "generate":
+        p = task_prompt(spec)
+        prompt = {"template": p.template, "verbalisers": list(p.verbalisers),
+                  "labels": list(spec.label_names or ())}  # fmt: skip
     return Provenance(
         task=task, init=init, rank=cfg.lora.rank, mode=mode,
         options=subspace_options(cfg) if mode else {}, stats_digests=digests if mode else {},
         base_fingerprint=metas[task].fingerprint if task in metas else None,
-        freeze_a=cfg.train.freeze_a or INITS[init].freeze_a,
+        freeze_a=cfg.train.freeze_a or INITS[init].freeze_a, prompt=prompt,
     )  # fmt: skip
 
 
@@ -95,7 +102,7 @@ def adapter_stage(
     for init in cfg.lora.inits:
         for task, spec in specs.items():
             path = adapter_dir(run_dir, init, task)
-            prov = provenance(cfg, init, task, digests, metas)
+            prov = provenance(cfg, init, spec, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
             done = finished_adapter(path, expected)
             steps = [0, *cfg.train.checkpoints] if cfg.train.checkpoints else []
