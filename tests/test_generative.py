@@ -162,6 +162,7 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
     from peft import PeftModel
     from safetensors.torch import load_file
 
+    import osrm
     from conftest import write_synthetic_tasks
     from osrm.cli import main
     from osrm.report import read_results
@@ -184,7 +185,7 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
         "stats": {"examples": 16, "max_length": 24, "batch_size": 8},
         "train": {"steps": 4, "batch_size": 8, "max_length": 24, "lr": 1e-2},
         "eval": {"max_eval_examples": 12},
-        "merge": {"methods": {"task_arithmetic": {"scale": [1.0]}}, "save": False},
+        "merge": {"methods": {"task_arithmetic": {"scale": [1.0]}}, "save": True},
     }))  # fmt: skip
     assert main(["-q", "run", str(config)]) == 0
     run = tmp_path / "run"
@@ -220,6 +221,9 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
         want = base[name] + deltas[name] if name in deltas else base[name]
         assert torch.allclose(param, want, atol=1e-6), name
     assert deltas and all(name in base for name in deltas)
+    # merge.save wrote the same merged causal LM as osrm merge, with the prompts recorded
+    saved = run / "merged" / "osrm" / "task_arithmetic" / "scale=1.0"
+    assert osrm.load_merged(saved).tasks == ["low", "high"]
     # osrm predict on a merged generative model gives back the pipeline's merged score
     rows_ta = {r.task: r.score for r in rows if (r.init, r.kind, r.method) ==
                ("osrm", "merged", "task_arithmetic")}  # fmt: skip
@@ -237,6 +241,8 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
         hits = [r["label"] == names[y] for r, y in zip(records, test["label"], strict=True)]
         assert sum(hits) / len(hits) == pytest.approx(rows_ta[name], abs=1e-9), name
         assert all(0 < r["probability"] <= 1 for r in records)
+    ours, pipeline = load_file(ta / "model.safetensors"), load_file(saved / "model.safetensors")
+    assert ours.keys() == pipeline.keys() and all(torch.equal(ours[k], pipeline[k]) for k in ours)
     mixed = tmp_path / "mixed.yaml"
     text = json.loads(config.read_text())
     text["tasks"][1]["format"] = "classify"

@@ -51,9 +51,6 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if generative(specs):
         for spec in specs:
             task_prompt(spec)  # its template and verbalisers fit the task
-        if cfg.merge.save:
-            raise OsrmError("merge.save: saving merged models of generative tasks is not "
-                            "supported yet; set merge.save: false")  # fmt: skip
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
     record_config(cfg, run_dir)  # locked by the main process for the whole command
