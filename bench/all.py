@@ -36,19 +36,20 @@ SUITE = {
     "budget": ("budget.py", []),
     "retrofit": ("retrofit.py", []),
     "decoder": ("decoder.py", []),
+    "generate": ("generate.py", []),
 }
 
 
 def result_name(name: str, quick: bool) -> str:
     """quality, single_task and budget have quick variants, kept beside the full results."""
-    quick_ones = ("quality", "single_task", "budget", "retrofit")
+    quick_ones = ("quality", "single_task", "budget", "retrofit", "generate")
     return f"{name}-quick" if quick and name in quick_ones else name
 
 
 def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
     """Run one benchmark script; returns its stamp (command, wall time, exit status)."""
     out = (RESULTS / f"{result_name(name, quick)}.json").relative_to(REPO)
-    if quick and name in ("quality", "budget", "retrofit"):
+    if quick and name in ("quality", "budget", "retrofit", "generate"):
         extra = ["--quick"]
     if quick and name == "single_task":
         extra = [*QUICK_SINGLE_TASK, "--run-dir", "runs/bench/single_task-quick"]

@@ -95,39 +95,44 @@ def run_job(
     )
 
 
-def _fingerprint(args: list[str]) -> dict:
+def _fingerprint(args: list[str], config: Path = CONFIG) -> dict:
     """What makes two runs the same run: the overrides (but where they run) and the config file."""
-    config = hashlib.sha256(CONFIG.read_bytes()).hexdigest()
-    return {"overrides": [a for a in args if not a.startswith("run_dir=")], "config_sha256": config}
+    digest = hashlib.sha256(config.read_bytes()).hexdigest()
+    return {"overrides": [a for a in args if not a.startswith("run_dir=")], "config_sha256": digest}
 
 
-def kept_job(kept: Path, args: list[str]) -> dict | None:
+def kept_job(kept: Path, args: list[str], config: Path = CONFIG) -> dict | None:
     """The committed record of a finished run with these overrides, its ``run_dir`` pointing at
     the kept files; None when there is none or it was made with other overrides or config."""
     marker = kept / "job.json"
     job = json.loads(marker.read_text()) if marker.is_file() else None
-    if not job or job.get("fingerprint") != _fingerprint(args):
+    if not job or job.get("fingerprint") != _fingerprint(args, config):
         return None
     return {**job, "run_dir": str(kept)}
 
 
-def keep_job(job: dict, kept: Path) -> dict:
-    """Copy the files the summary reads (no weights) of a finished run to ``kept``, with its job
-    record, the run's fingerprint and the code and packages it ran with."""
+def keep_job(
+    job: dict, kept: Path, config: Path = CONFIG, files: tuple[str, ...] = KEPT_FILES
+) -> dict:
+    """Copy the files the summary reads (``files``, no weights) of a finished run to ``kept``,
+    with its job record, the run's fingerprint and the code and packages it ran with."""
     tmp = kept.with_name(f".{kept.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in KEPT_FILES:
+    for name in files:
         shutil.copy2(Path(job["run_dir"]) / name, tmp / name)
     args = job["overrides"]
-    record = {**job, "fingerprint": _fingerprint(args), "environment": common.environment()}
+    record = {**job, "fingerprint": _fingerprint(args, config),
+              "environment": common.environment()}  # fmt: skip
     (tmp / "job.json").write_text(json.dumps(record, indent=1) + "\n")
     shutil.rmtree(kept, ignore_errors=True)
     tmp.replace(kept)
     return {**record, "run_dir": str(kept)}
 
 
-def run_osrm(run_dir: Path, args: list[str], record: dict, needs: str | None = None) -> dict:
+def run_osrm(
+    run_dir: Path, args: list[str], record: dict, needs: str | None = None, config: Path = CONFIG
+) -> dict:
     """One `osrm run CONFIG args` in its own single-threaded process, logged beside ``run_dir``;
     its record (``record`` + overrides, seconds, run_dir in `job.json`) marks it done, so a rerun
     reuses it. A done run without the file ``needs`` (made by an older osrm) runs again: `osrm
@@ -142,7 +147,7 @@ def run_osrm(run_dir: Path, args: list[str], record: dict, needs: str | None = N
     log = run_dir.parent / f"{run_dir.name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
-        command = [sys.executable, "-m", "osrm", "-q", "run", str(CONFIG), *args]
+        command = [sys.executable, "-m", "osrm", "-q", "run", str(config), *args]
         proc = subprocess.run(command, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode:
         raise RuntimeError(f"run {run_dir.name} failed (exit {proc.returncode}); see {log}")

@@ -23,6 +23,7 @@ from osrm.artifacts import atomic_file
 from report_budget import budget_body
 from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
+from report_generate import generate_body
 from report_header import header, limits_body
 from report_picks import pooled
 from report_quality import quality_body, quick_body
@@ -65,6 +66,11 @@ def build(results: Path) -> str:
             title = "Merge-ready without retraining" + ("" if name == "retrofit" else ", quick")
             lines += section(title, lambda data=data: retrofit_body(inputs, data))
     lines += section("Decoder (SmolLM2-135M)", lambda: optional(inputs, "decoder", decoder_body))
+    for name in ("generate", "generate-quick"):
+        if (data := inputs.load(name)) is not None:
+            title = "Generative tasks on a decoder (no heads)" + ("" if name == "generate"
+                                                                   else ", quick")  # fmt: skip
+            lines += section(title, lambda data=data: generate_body(inputs, data))
     lines += section(
         "Single-task benchmark", lambda: optional(inputs, "single_task", single_task_body)
     )
