@@ -21,6 +21,7 @@ from pathlib import Path
 
 import budget
 import common
+from osrm.config import load_config
 from osrm.report import read_results, results_table
 from osrm.verdict import verdict
 
@@ -54,7 +55,7 @@ def summarise(jobs: list[dict]) -> dict:
     averages: dict[str, dict[str, list[float]]] = {}
     for job in jobs:
         run = Path(job["run_dir"])
-        tasks = common_tasks(run)
+        tasks = load_config(run / "config.yaml").task_names
         rows = [{**r, "init": job["label"]} for r in
                 results_table(read_results(run / "results.jsonl"), tasks)]  # fmt: skip
         by_seed.setdefault(job["seed"], []).extend(rows)
@@ -69,12 +70,6 @@ def summarise(jobs: list[dict]) -> dict:
         },  # fmt: skip
         "verdict": _jsonable(judged),
     }
-
-
-def common_tasks(run: Path) -> list[str]:
-    from osrm.config import load_config
-
-    return load_config(run / "config.yaml").task_names
 
 
 def _stat(values: list[float]) -> dict:

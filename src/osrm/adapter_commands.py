@@ -149,20 +149,20 @@ def eval_one(args: argparse.Namespace) -> dict:
         raise OsrmError("evaluate one model with --task and exactly one of --adapter or --merged")
     spec = get_task(args.task)
     adapter = resolve_adapter(args.adapter) if args.adapter else None
-    if adapter and lora_deltas(adapter).provenance.get("prompt"):  # generative: no head
-        adapter, args.merged = None, adapter  # answered from its recorded prompt, as a merge is
     if adapter:
         require_safetensors(adapter)
+        deltas = lora_deltas(adapter)
+    if adapter and not deltas.provenance.get("prompt"):  # a classifier (generative: below)
         adapter_head(adapter)  # a headless adapter without a recorded prompt: one line, here
-        base = args.base or lora_deltas(adapter).base_model
+        base = args.base or deltas.base_model
         if not base:
             raise OsrmError(f"{adapter}: adapter_config.json names no base model; pass --base")
         model, tokenizer = load_model(base, spec.num_labels)
         model = load_adapter(model, adapter).eval()
         context = contextlib.nullcontext(model)
-    else:
-        merged = load_merged(args.merged, args.base)
-        spec = merged.task_spec(spec)  # a generative merge answers from its recorded prompt
+    else:  # a merge, or a generative adapter: answered through the predictor
+        merged = load_merged(adapter or args.merged, args.base)
+        spec = merged.task_spec(spec)  # a generative model answers from its recorded prompt
         context, tokenizer = merged.for_task(args.task), merged.tokenizer
     with context as model:
         scores = evaluate(
@@ -241,8 +241,8 @@ def _texts(table, field: str, path: str) -> list[str]:
     values = table[field].tolist()
     for i, v in enumerate(values):
         if not isinstance(v, str) or not v.strip():
-            shown = repr(v) if isinstance(v, (int, bool)) or v == v else "missing"  # NaN: missing
-            shown = "empty" if isinstance(v, str) else shown
+            missing = v is None or v != v  # pandas reads an empty cell as NaN
+            shown = "empty" if isinstance(v, str) else "missing" if missing else repr(v)
             raise OsrmError(f"{path}: row {i + 1}: {field!r} is {shown}, expected non-empty text")
     if not values:
         raise OsrmError(f"{path}: holds no rows")

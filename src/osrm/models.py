@@ -161,20 +161,28 @@ def load_model(
     GPU ``device`` the weights load straight onto it (``device_map``), so 8 processes of an 8B
     model do not each hold a CPU copy first.
     """
+    return _pretrained(
+        name, AutoModelForSequenceClassification, dtype, trust_remote_code, device,
+        num_labels=num_labels,
+        problem_type="regression" if num_labels == 1 else "single_label_classification",
+        ignore_mismatched_sizes=True,  # heads are per task: a saved head of another size is redrawn
+    )  # fmt: skip
+
+
+def _pretrained(
+    name: str, auto: type, dtype: torch.dtype, trust_remote_code: bool,
+    device: torch.device | None, **kwargs,
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:  # fmt: skip
+    """``auto.from_pretrained`` of ``name`` (safetensors only) and its tokenizer, pad = eos for
+    decoders without a pad token, positions capped, a portable name recorded."""
     path = resolve_model(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=num_labels,
-            problem_type="regression" if num_labels == 1 else "single_label_classification",
-            dtype=dtype,
-            use_safetensors=True,
-            trust_remote_code=trust_remote_code,
-            # heads are per task: a saved head of another size is redrawn
-            ignore_mismatched_sizes=True,
+        model = auto.from_pretrained(
+            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
             device_map={"": str(device)} if device is not None and device.type == "cuda" else None,
-        )
+            **kwargs,
+        )  # fmt: skip
     except (OSError, ValueError) as e:
         raise load_error(name, path, e) from None
     pad_with_eos(tokenizer, name)
@@ -211,20 +219,7 @@ def load_causal_lm(
     device: torch.device | None = None,
 ) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A causal language model (generative tasks: no head) and its tokenizer, pad = eos."""
-    path = resolve_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-            device_map={"": str(device)} if device is not None and device.type == "cuda" else None,
-        )  # fmt: skip
-    except (OSError, ValueError) as e:
-        raise load_error(name, path, e) from None
-    pad_with_eos(tokenizer, name)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    cap_tokenizer(tokenizer, model.config)
-    model.config._name_or_path = model.name_or_path = ALIASES.get(name, name)
-    return model, tokenizer
+    return _pretrained(name, AutoModelForCausalLM, dtype, trust_remote_code, device)
 
 
 def load_base(

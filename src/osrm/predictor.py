@@ -108,7 +108,7 @@ class Predictor:
         ``probability`` (softmax) for classification, ``value`` for regression."""
         names = self.labels(task, label_names)
         if task in self.prompts:
-            return self._generate(task, texts, text_pairs, batch_size, max_length)
+            return self._generate(task, names, texts, text_pairs, batch_size, max_length)
         columns = {"text": list(texts), "label": list(range(len(texts)))}  # label: the index
         if text_pairs is not None:
             columns["text_pair"] = list(text_pairs)
@@ -121,7 +121,9 @@ class Predictor:
             out[index] = _record(index, row, names)
         return out
 
-    def _generate(self, task: str, texts, pairs, batch_size: int, max_length: int) -> list:
+    def _generate(
+        self, task: str, names: Sequence[str], texts, pairs, batch_size: int, max_length: int
+    ) -> list:
         """Records of a generative task: each label's probability is its verbaliser's
         likelihood, normalised over the labels."""
         p = self.prompts[task]
@@ -130,7 +132,7 @@ class Predictor:
         filled = [render(prompt, t, q) for t, q in zip(texts, pairs, strict=True)]
         scores = verbaliser_logprobs(self.model, self.tokenizer, filled, prompt.verbalisers,
                                      max_length=max_length, batch_size=batch_size)  # fmt: skip
-        return [_record(i, row, p["labels"]) for i, row in enumerate(scores)]
+        return [_record(i, row, names) for i, row in enumerate(scores)]
 
 
 def _record(index: int, logits: Tensor, names: Sequence[str] | None) -> dict:
