@@ -30,7 +30,8 @@ from osrm.merging import (
     validate_hyperparameters,
 )
 from osrm.merging.auto_weights import AUTO_MODES
-from osrm.models import load_causal_lm, load_model
+from osrm.merging.checkpoint import save_merged_checkpoint
+from osrm.models import load_model
 from osrm.predictor import load_merged
 from osrm.retrofit import RETROFIT_FILE, retrofit_adapters
 from osrm.safety import check_name, require_safetensors
@@ -132,9 +133,9 @@ def merge(args: argparse.Namespace) -> dict:
     if any(s.head_keys for s in sources):
         # the head drawn here is replaced by the first task's trained head before it is saved
         model, _ = load_model(base, 2)
-    else:  # adapters of generative tasks (peft CAUSAL_LM, no head): the merged causal LM
-        model, _ = load_causal_lm(base)
-    save_merged_model(model, sources, out, args.method, weights, **common)
+        save_merged_model(model, sources, out, args.method, weights, **common)
+    else:  # adapters of generative tasks (no head): the causal LM, streamed file to file
+        save_merged_checkpoint(base, sources, out, args.method, weights, **common)
     return {
         "output": str(out),
         "format": "dense",
