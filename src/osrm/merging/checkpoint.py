@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -36,6 +37,8 @@ from osrm.merging.registry import check_hyperparameters
 
 INDEX_FILE = "model.safetensors.index.json"
 SHARD_BYTES = 5 * 2**30  # the usual hub shard size
+# safetensors dtype strings of the tensors a ΔW can be added to
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 # never copied from the base folder: other weight formats (pickles among them) and manifests
 _SKIP = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".pkl")
 _SKIP_NAMES = ("osrm_manifest.json", "osrm_merge.json", INDEX_FILE, "pytorch_model.bin.index.json")
@@ -43,12 +46,14 @@ _SKIP_NAMES = ("osrm_manifest.json", "osrm_merge.json", INDEX_FILE, "pytorch_mod
 
 @dataclass(frozen=True)
 class Entry:
-    """One tensor of the base checkpoint: its file, safetensors dtype string, shape, bytes."""
+    """One tensor of the base checkpoint: its file, safetensors dtype string, shape, bytes, and
+    where its bytes start in the file."""
 
     file: Path
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
+    start: int
 
 
 def _file_header(path: Path) -> dict[str, Entry]:
@@ -57,16 +62,15 @@ def _file_header(path: Path) -> dict[str, Entry]:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
         with open(path, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
     except (SafetensorError, OSError, ValueError) as e:
         raise OsrmError(f"{path}: not a readable safetensors file ({e})") from None
-    return {
-        name: Entry(
-            path, v["dtype"], tuple(v["shape"]), v["data_offsets"][1] - v["data_offsets"][0]
-        )
-        for name, v in header.items()
-        if name in names
-    }
+    entries = {}
+    for name in names:
+        (lo, hi), v = header[name]["data_offsets"], header[name]
+        entries[name] = Entry(path, v["dtype"], tuple(v["shape"]), hi - lo, 8 + size + lo)
+    return entries
 
 
 def base_entries(base_dir: str | Path) -> dict[str, Entry]:
@@ -151,7 +155,7 @@ def _check_modules(
         entry = entries.get(name)
         if entry is None:
             raise OsrmError(f"{base}: the base checkpoint has no tensor {name!r} to merge into")
-        if entry.dtype not in ("F64", "F32", "F16", "BF16"):
+        if entry.dtype not in DTYPES:
             raise OsrmError(f"{base}: {name} is {entry.dtype}, not a float tensor to merge into")
         source = next(s for s in sources if name in s)
         shape = source.shape(name) if hasattr(source, "shape") else tuple(source[name].shape)
@@ -164,42 +168,57 @@ def _check_modules(
     return names
 
 
-def _merged_tensors(
-    entries: Mapping[str, Entry],
-    merged: Iterator[tuple[str, Tensor]],
-    transposed: frozenset[str],
-    what: str,
-) -> Iterator[tuple[str, Tensor]]:
-    """Every base tensor in sorted name order, with its merged ΔW added where there is one
-    (``merged`` yields in the same order; the sum in float32, stored in the tensor's dtype)."""
-    pending = next(merged, None)
-    with ExitStack() as stack:
-        handles = {f: stack.enter_context(safe_open(str(f), framework="pt"))
-                   for f in {e.file for e in entries.values()}}  # fmt: skip
-        for name in sorted(entries):
-            tensor = handles[entries[name].file].get_tensor(name)
-            if pending is not None and pending[0] == name:
-                delta = pending[1].T if name in transposed else pending[1]
-                tensor = (tensor.float() + delta).to(tensor.dtype)
-                check_finite([(name, tensor)], what)
-                pending = next(merged, None)
-            yield name, tensor
+def _read(src: BinaryIO, entry: Entry) -> Tensor:
+    """One base tensor, read (not memory-mapped: mapped pages would count as resident)."""
+    buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+    src.seek(entry.start)
+    if src.readinto(memoryview(buf.numpy())) != entry.nbytes:
+        raise OsrmError(f"{entry.file}: ends inside its tensors (truncated?)")
+    return buf.view(DTYPES[entry.dtype]).reshape(entry.shape)
+
+
+def _copy(src: BinaryIO, dst: BinaryIO, entry: Entry, chunk: int = 64 * 2**20) -> None:
+    """A tensor the merge does not touch: its bytes as they are, at most ``chunk`` at a time."""
+    src.seek(entry.start)
+    left = entry.nbytes
+    while left:
+        data = src.read(min(chunk, left))
+        if not data:
+            raise OsrmError(f"{entry.file}: ends inside its tensors (truncated?)")
+        dst.write(data)
+        left -= len(data)
 
 
 def _write_shards(
-    directory: Path, shards: list[list[str]], entries: Mapping[str, Entry], tensors: Iterator
+    directory: Path,
+    shards: list[list[str]],
+    entries: Mapping[str, Entry],
+    merged: Iterator[tuple[str, Tensor]],
+    transposed: frozenset[str],
 ) -> list[str]:
-    """Write each shard (header first, then tensor by tensor); the file names, in order."""
+    """Write each shard, header first, then every tensor in order: base + ΔW (float32 sum,
+    stored in the tensor's dtype, checked finite) where ``merged`` has one, else the base
+    tensor's bytes. ``merged`` yields in sorted name order, as the shards hold them."""
     n = len(shards)
     files = ["model.safetensors"] if n == 1 else [
         f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]  # fmt: skip
-    for file, names in zip(files, shards, strict=True):
-        with open(directory / file, "wb") as f:
-            f.write(_header_bytes(names, entries))
-            for name in names:
-                got, tensor = next(tensors)
-                assert got == name and tensor.nbytes == entries[name].nbytes, name
-                f.write(_raw(tensor))
+    pending = next(merged, None)
+    with ExitStack() as stack:
+        inputs = {f: stack.enter_context(open(f, "rb")) for f in {e.file for e in entries.values()}}
+        for file, names in zip(files, shards, strict=True):
+            with open(directory / file, "wb") as out:
+                out.write(_header_bytes(names, entries))
+                for name in names:
+                    entry, src = entries[name], inputs[entries[name].file]
+                    if pending is None or pending[0] != name:
+                        _copy(src, out, entry)
+                        continue
+                    base = _read(src, entry)
+                    delta = pending[1].T if name in transposed else pending[1]
+                    tensor = (base.float() + delta).to(base.dtype)
+                    check_finite([(name, tensor)], f"merged weights ({directory.name})")
+                    out.write(_raw(tensor))
+                    pending = next(merged, None)
     if n > 1:
         weight_map = {m: f for f, ms in zip(files, shards, strict=True) for m in ms}
         total = sum(e.nbytes for e in entries.values())
@@ -259,8 +278,8 @@ def save_merged_checkpoint(
     manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
     merged = iter_merged(opened, method, weights, grams=grams, **hp)
     with atomic_dir(out_dir) as tmp:
-        tensors = _merged_tensors(entries, merged, transposed, f"merged weights ({out_dir})")
-        manifest["files"] = _write_shards(tmp, plan_shards(entries, shard_bytes), entries, tensors)
+        shards = plan_shards(entries, shard_bytes)
+        manifest["files"] = _write_shards(tmp, shards, entries, merged, transposed)
         _copy_side_files(base_dir, tmp)
         write_merge_manifest(tmp, manifest)
         seal_dir(tmp)
