@@ -215,7 +215,7 @@ def _write_shards(
                         continue
                     base = _read(src, entry)
                     delta = pending[1].T if name in transposed else pending[1]
-                    tensor = (base.float() + delta).to(base.dtype)
+                    tensor = delta.add_(base).to(base.dtype)  # in float32, in the ΔW's memory
                     check_finite([(name, tensor)], f"merged weights ({directory.name})")
                     out.write(_raw(tensor))
                     pending = next(merged, None)

@@ -1,7 +1,8 @@
 """Streaming merges: one module at a time over k task-vector mappings.
 
 Peak memory is about k × one module's ΔW (the stacked deltas of the module being merged plus
-the method's temporaries); no dense model, and never k of them, is built.
+the method's temporaries); no dense model, and never k of them, is built. Linear methods over
+LoRA adapters need one ΔW only: the product of the concatenated, weighted factors.
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from osrm.merging.deltas import LoraDeltas
 from osrm.merging.grams import GramLookup, StatsSource, gram_lookup
 from osrm.merging.loading import coverage_gaps, load_adapters
 from osrm.merging.methods import weight_average
-from osrm.merging.registry import check_hyperparameters, get_method, methods_with
+from osrm.merging.registry import (
+    check_hyperparameters,
+    get_method,
+    hyperparameters,
+    methods_with,
+    validate_hyperparameters,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +106,14 @@ def _stack(sources: Sequence[Mapping[str, Tensor]], name: str) -> Tensor:
     return out
 
 
+def _from_factors(sources: Sequence[LoraDeltas], name: str, coeffs: Tensor) -> Tensor:
+    """Σ_i c_i s_i B_i A_i of one module as [c_1 s_1 B_1, ...] @ [A_1; ...]: one (d_out, d_in)
+    product, no (k, d_out, d_in) stack (a module missing from an adapter adds nothing)."""
+    pairs = [(s.factors(name), float(c)) for s, c in zip(sources, coeffs, strict=True) if name in s]
+    b = torch.cat([b * c for (b, _), c in pairs], dim=1)
+    return b @ torch.cat([a for (_, a), _ in pairs], dim=0)
+
+
 def iter_merged(
     sources: Sequence[Mapping[str, Tensor]],
     method: str,
@@ -139,7 +154,15 @@ def iter_merged(
     if gaps:
         some = dict(list(gaps.items())[:3])
         log.warning("%d modules missing from some task vectors (zero there): %s", len(gaps), some)
+    factored = m.linear and all(isinstance(s, LoraDeltas) for s in sources)
+    full_hp = {**hyperparameters(method), **hp}
     for name in sorted(set().union(*sources)):
+        if factored:
+            validate_hyperparameters(method, hp, w_of(name))
+            merged = _from_factors(sources, name, m.coeffs(w_of(name), full_hp))
+            check_finite([(name, merged)], f"merge {method}")
+            yield name, merged
+            continue
         deltas, w = _stack(sources, name), w_of(name)
         extra = {}
         if m.random and "generator" not in hp:
