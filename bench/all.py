@@ -30,6 +30,7 @@ SUITE = {
     "stats_overhead": ("stats_overhead.py", []),
     "train_speed": ("train_speed.py", []),
     "merge_speed": ("merge_speed.py", []),
+    "merge_speed_llm": ("merge_speed_llm.py", []),
     "dist_stats": ("dist_stats.py", []),
     "single_task": ("single_task.py", SINGLE_TASK_LIMITS),
     "quality": ("quality.py", []),
