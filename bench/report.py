@@ -25,6 +25,7 @@ from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
 from report_generate import generate_body
 from report_header import header, limits_body
+from report_llm_merge import llm_merge_body
 from report_picks import pooled
 from report_quality import quality_body, quick_body
 from report_retrofit import retrofit_body
@@ -78,6 +79,8 @@ def build(results: Path) -> str:
         body = lambda: single_task_body(inputs, single_quick, "single_task-quick")  # noqa: E731
         lines += section("Single-task benchmark, quick variant", body)
     lines += section("Speed", lambda: speed_body(inputs))
+    if (llm := inputs.load("merge_speed_llm")) is not None:
+        lines += section("Merging eight 8B-shaped adapters", lambda: llm_merge_body(inputs, llm))
     lines += section("Interpretation", lambda: interpretation_body(inputs, quality))
     lines += section("Limits", lambda: limits_body(inputs))
     return "\n".join(lines).rstrip() + "\n"

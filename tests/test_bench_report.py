@@ -363,3 +363,30 @@ def test_gpu_run_section_reads_osrm_run_output(tmp_path):
     # norm. avg of the merged row = (0.6/0.8 + 0.25/0.5) / 2 = 0.625; avg = 0.425
     assert "| lora | merged | ties | density=0.2 | 0.600 | 0.250 | 0.425 | 0.625 |" in gpu_part
     assert "exit 0 after 9 s" in gpu_part and "lora 0.795" in gpu_part
+
+
+def test_llm_merge_section_states_how_peak_memory_scales(tmp_path):
+    """Peaks flat across layers for osrm, doubling for peft: the ratios say so."""
+    results = write_results(tmp_path)
+    gib = 2**30
+
+    def row(layers: int) -> dict:
+        scale = layers / 16
+        return {"layers": layers, "base_bytes": 8 * gib * scale, "adapter_bytes": 0.3 * gib * scale,
+                "osrm-dense": {"seconds": 100.0 * scale, "peak_mib": 800.0,
+                               "written_bytes": 8 * gib * scale},
+                "osrm-lora": {"seconds": 10.0, "peak_mib": 300.0, "written_bytes": gib},
+                "peft-cat": {"seconds": 20.0, "peak_mib": 600.0 * scale,
+                             "written_bytes": 0}}  # fmt: skip
+
+    data = {"shape": {"hidden": 4096, "intermediate": 14336, "kv": 1024, "vocab": 128256},
+            "adapters": 8, "rank": 16, "targets": ["q_proj", "down_proj"],
+            "rows": [row(32), row(16)]}  # fmt: skip
+    (results / "merge_speed_llm.json").write_text(json.dumps(data))
+    out = tmp_path / "R.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text().split("## Merging eight 8B-shaped adapters")[1]
+    assert "| 32 | osrm dense (streamed checkpoint) | 200.0 | 800 | 16.00 | 16.0 | 0.60 |" in text
+    assert "osrm-dense 1.00, osrm-lora 1.00, peft-cat 2.00" in text
+    assert "peaks at 0.25× peft's memory in 0.50× its time" in text
+    assert "peak of 0.78 GiB, 4.9 % of the base model's size" in text
