@@ -209,11 +209,13 @@ def main() -> None:
     if args.worker:
         print("RESULT " + json.dumps(run_job(json.loads(args.worker))))
         return
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(dir=args.scratch) as scratch:
         rows = [measure(Path(scratch), int(n), args.threads) for n in args.layers.split(",")]
     print(table(rows))
     common.write_json(args.json, {"args": vars(args), "shape": SHAPE, "adapters": ADAPTERS,
                                   "rank": RANK, "targets": TARGETS, "rows": rows,
+                                  "load_average": [load_before, os.getloadavg()[0]],
                                   "environment": common.environment()})  # fmt: skip
 
 

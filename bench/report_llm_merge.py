@@ -65,7 +65,9 @@ def llm_merge_body(inputs: Inputs, data: dict) -> list[str]:
         f"writes {r['osrm-dense']['written_bytes'] / gib:.1f} GiB with a peak of "
         f"{r['osrm-dense']['peak_mib'] / 1024:.2f} GiB, "
         f"{100 * r['osrm-dense']['peak_mib'] * 2**20 / r['base_bytes']:.1f} % of the base "
-        "model's size (which a merge in memory, such as peft's merge_and_unload, holds at least).",
+        "model's size (which a merge in memory, such as peft's merge_and_unload, holds at least). "
+        "A LoRA output is held whole before it is written, so its peak follows its own size "
+        "(written GiB), which grows with the layers.",
         "",
     ]
     return lines
