@@ -19,10 +19,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 import budget
 import common
 from osrm.config import load_config
+from osrm.metrics import compute_metrics
 from osrm.report import read_results, results_table
+from osrm.tasks.registry import load_task, task_spec
 from osrm.verdict import verdict
 
 REPO = common.REPO
@@ -72,6 +76,35 @@ def summarise(jobs: list[dict]) -> dict:
     }
 
 
+def per_task(jobs: list[dict]) -> dict:
+    """task -> majority-class score, and per setting the zero-shot and individual scores (mean ±
+    spread over seeds): the evidence for "learns well above the majority class"."""
+    out: dict[str, dict] = {}
+    for job in jobs:
+        run = Path(job["run_dir"])
+        cfg = load_config(run / "config.yaml")
+        for r in read_results(run / "results.jsonl"):
+            if r.kind in ("base", "individual"):
+                cell = out.setdefault(r.task, {}).setdefault(job["label"], {})
+                cell.setdefault(r.kind, []).append(r.score)
+        for name in cfg.task_names:
+            spec = task_spec(cfg, name)
+            out[name]["majority"] = majority(spec, cfg.seed, cfg.eval.max_eval_examples)
+    return {task: {label: (v if label == "majority" else {k: _stat(x) for k, x in v.items()})
+                   for label, v in cells.items()} for task, cells in out.items()}  # fmt: skip
+
+
+def majority(spec, seed: int, max_examples: int | None) -> dict:
+    """The main metric of always answering the train split's most frequent label, on the test
+    examples the runs score (the same seeded subset)."""
+    train = load_task(spec, "train", seed=seed).to_pandas()["label"]
+    test = np.asarray(load_task(spec, "test", seed=seed, max_examples=max_examples)["label"])
+    label = int(train.value_counts().idxmax())
+    score = compute_metrics([spec.main_metric], np.full_like(test, label), test)
+    return {"label": spec.label_names[label], "metric": spec.main_metric,
+            "score": score[spec.main_metric], "seed": seed}  # fmt: skip
+
+
 def _stat(values: list[float]) -> dict:
     spread = statistics.pstdev(values) if len(values) > 1 else 0.0
     return {"mean": statistics.fmean(values), "spread": spread, "n": len(values)}
@@ -117,7 +150,7 @@ def main() -> dict:
         done = list(pool.map(one, jobs))
     result = {"benchmark": "generate", "variant": name, "config": "configs/smollm2-generate.yaml",
               "seeds": limits["seeds"], "overrides": limits["overrides"], "jobs": done,
-              **summarise(done), "environment": env,
+              **summarise(done), "tasks": per_task(done), "environment": env,
               "command": "python bench/generate.py" + ("" if name == "full" else f" --{name}"),
               "wall_seconds": time.perf_counter() - start}  # fmt: skip
     common.write_json(out, result, indent=1)

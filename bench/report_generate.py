@@ -33,6 +33,7 @@ def generate_body(inputs: Inputs, data: dict) -> list[str]:
         ),  # fmt: skip
         "",
     ]
+    lines += task_lines(data.get("tasks") or {})
     v = data.get("verdict")
     if not v:
         return [*lines, NO_NORM, ""]
@@ -61,5 +62,39 @@ def generate_body(inputs: Inputs, data: dict) -> list[str]:
         f"Best merged model: `{b['method']}` ({b['hp'] or 'defaults'}) on `{b['init']}` "
         f"adapters, {100 * b['score']['mean']:.1f} % of the individual adapters' scores. "
         f"{v['advice']}",
+        "",
+    ]
+
+
+def task_lines(tasks: Mapping[str, Mapping]) -> list[str]:
+    """Per task: the majority class's score beside each setting's zero-shot and individual
+    scores, and how many tasks each setting learns beyond the majority class."""
+    if not tasks:
+        return []
+    labels = list(dict.fromkeys(k for cells in tasks.values() for k in cells if k != "majority"))
+    rows, above = [], dict.fromkeys(labels, 0)
+    for task, cells in tasks.items():
+        m = cells["majority"]
+        row = {"task": task, "metric": m["metric"], "majority": f"{m['score']:.3f} ({m['label']})"}
+        for label in labels:
+            cell = cells.get(label, {})
+            row[f"{label} zero-shot"] = ms(cell.get("base"))
+            row[f"{label} individual"] = ms(cell.get("individual"))
+            ind = cell.get("individual")
+            above[label] += bool(ind) and ind["mean"] - ind.get("spread", 0) > m["score"] + 0.05
+        rows.append(row)
+    columns = {"task": "task", "metric": "metric", "majority": "majority class"}
+    for label in labels:
+        columns |= {f"{label} zero-shot": f"{label} zero-shot",
+                    f"{label} individual": f"{label} individual"}  # fmt: skip
+    counts = ", ".join(f"{label} {n} of {len(tasks)}" for label, n in above.items())
+    return [
+        "Per task (test examples as scored by the runs; `majority class`: always answering the "
+        "train split's most frequent label):",
+        "",
+        markdown_table(rows, columns),
+        "",
+        f"Tasks learnt beyond the majority class (individual mean − spread above it by more than "
+        f"0.05): {counts}.",
         "",
     ]
