@@ -390,3 +390,26 @@ def test_llm_merge_section_states_how_peak_memory_scales(tmp_path):
     assert "osrm-dense 1.00, osrm-lora 1.00, peft-cat 2.00" in text
     assert "peaks at 0.25× peft's memory in 0.50× its time" in text
     assert "peak of 0.78 GiB, 4.9 % of the base model's size" in text
+
+
+def test_generate_section_counts_tasks_learnt_beyond_the_majority_class(tmp_path):
+    results = write_results(tmp_path)
+
+    def cell(base: float, ind: float, spread: float = 0.01) -> dict:
+        return {"base": stat(base, 0.0), "individual": stat(ind, spread)}
+
+    tasks = {
+        "sms": {"majority": {"label": "ham", "metric": "f1", "score": 0.0, "seed": 0},
+                "lora": cell(0.0, 0.9), "osrm": cell(0.0, 0.8)},
+        "tweet": {"majority": {"label": "neg", "metric": "accuracy", "score": 0.45, "seed": 0},
+                  "lora": cell(0.45, 0.52), "osrm": cell(0.45, 0.49, 0.0)},
+    }  # fmt: skip
+    data = {"variant": "full", "averages": {"lora": cell(0.2, 0.7)}, "tasks": tasks}
+    (results / "generate.json").write_text(json.dumps(data))
+    out = tmp_path / "R.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text().split("## Generative tasks on a decoder (no heads)")[1]
+    assert "| sms | f1 | 0.000 (ham) | 0.000 ± 0.000 | 0.900 ± 0.010 |" in text
+    # tweet: lora 0.52 − 0.01 beats 0.45 by more than 0.05; osrm 0.49 does not
+    assert "majority class (individual mean − spread above it by more than 0.05): lora 2 of 2, " \
+           "osrm 1 of 2." in text  # fmt: skip
