@@ -81,6 +81,8 @@ CASES = [
          "unknown key 'lora.rnak'"),
     Case("unknown-task", "unknown registry task",
          run_cfg({"tasks": ["nosuch", "trec"]}), "unknown task 'nosuch'"),
+    Case("exact-match-heads", "exact match asked of a run with task heads",
+         run_cfg(None, None, "eval.exact_match=true"), "eval.exact_match scores generated answers"),
     Case("unknown-init", "unknown LoRA init", run_cfg(None, None, "lora.inits=[osrn]"),
          "field 'lora.inits.0'"),
     Case("unknown-method", "unknown merge method",

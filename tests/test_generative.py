@@ -11,6 +11,8 @@ from osrm.errors import OsrmError
 from osrm.generative import (
     IGNORE,
     answer_ids,
+    evaluate_generative,
+    greedy_answers,
     pad_batch,
     training_example,
     verbaliser_logprobs,
@@ -92,6 +94,46 @@ def test_verbaliser_scores_equal_direct_log_likelihoods(lm, verbalisers):
         for k, answer in enumerate(answer_ids(tok, verbalisers)):
             want = direct_logprob(lm, head + answer, len(head))
             assert float(got[i, k]) == pytest.approx(want, abs=1e-5), (i, k)
+
+
+def manual_greedy(lm, tok, prompt: str, steps: int) -> str:
+    """Greedy decoding one token at a time, one unpadded sequence, no generate()."""
+    ids = tok(prompt)["input_ids"]
+    new = []
+    for _ in range(steps):
+        with torch.no_grad():
+            nxt = int(lm(input_ids=torch.tensor([ids + new])).logits[0, -1].argmax())
+        if nxt == tok.eos_token_id:
+            break
+        new.append(nxt)
+    return tok.decode(new).strip()
+
+
+def test_greedy_answers_and_exact_match_equal_a_manual_greedy_loop(lm):
+    """Left-padded batched generation gives each prompt's own greedy answer; exact match is the
+    share of answers equal to the label's verbaliser."""
+    from dataclasses import replace
+
+    from datasets import Dataset
+
+    from osrm.tasks.registry import TASKS
+
+    tok = tiny_decoder_tokenizer()
+    torch.manual_seed(1)
+    with torch.no_grad():  # w60 likely after some prompts, not others; eos right after w60
+        lm.lm_head.weight[60] += 3 * lm.lm_head.weight[7]
+        lm.model.embed_tokens.weight[60] *= 50  # dominates the residual stream after it
+        lm.lm_head.weight[3] = 0.5 * lm.model.embed_tokens.weight[60]
+    want = [manual_greedy(lm, tok, p, 2) for p in PROMPTS]
+    assert greedy_answers(lm, tok, PROMPTS, 2, max_length=32, batch_size=2) == want
+    spec = replace(TASKS["rotten_tomatoes"], format="generate", prompt="{text}",
+                   verbalisers=(" w60", " w61"))  # fmt: skip
+    data = Dataset.from_dict({"text": PROMPTS, "label": [0, 1, 0]})
+    scores = evaluate_generative(lm, spec, data, tokenizer=tok, max_length=32, batch_size=2,
+                                 exact_match=True)  # fmt: skip
+    hits = [w == v for w, v in zip(want, ["w60", "w61", "w60"], strict=True)]
+    assert scores["exact_match"] == pytest.approx(sum(hits) / 3)
+    assert want == ["w60", "", "w36"] and sum(hits) == 1  # a hit, an eos, a wrong word
 
 
 def test_verbalisers_must_be_distinct_token_sequences():

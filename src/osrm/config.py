@@ -201,6 +201,9 @@ class EvalSection(Section):
     split: Literal["train", "validation", "test"] = "test"
     batch_size: int = Field(64, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
+    exact_match: bool = Field(
+        False, description="generative tasks: also score greedy answers by exact match (slower)"
+    )
 
 
 class ExperimentConfig(Section):

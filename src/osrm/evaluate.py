@@ -76,6 +76,7 @@ def evaluate(
     max_examples: int | None = None,
     data: Dataset | None = None,
     progress: bool = False,
+    exact_match: bool = False,
 ) -> dict[str, float]:
     """Metric name -> value of ``model`` (with ``task``'s head) on a split of ``task``.
 
@@ -92,7 +93,7 @@ def evaluate(
         raise OsrmError(f"task {spec.name!r}: split {split!r} is empty")
     if spec.format == "generate":  # no head: the most likely verbaliser (whole split each process)
         return evaluate_generative(model, spec, data, tokenizer=tokenizer, max_length=max_length,
-                                   batch_size=batch_size)  # fmt: skip
+                                   batch_size=batch_size, exact_match=exact_match)  # fmt: skip
     # each process scores its shard (all of it alone); predictions are gathered before metrics
     cap_tokenizer(tokenizer, model.config)  # a max_length above the model's positions: cut
     encoded = encode(distributed.shard(data), tokenizer, max_length)

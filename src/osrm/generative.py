@@ -168,16 +168,47 @@ def causal_batches(
                       collate_fn=lambda chunk: pad_batch(chunk, pad))  # fmt: skip
 
 
+def greedy_answers(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_new: int,
+    *, max_length: int = 128, batch_size: int = 32,
+) -> list[str]:  # fmt: skip
+    """Each prompt's greedy continuation of at most ``max_new`` tokens, cut at the first eos
+    or newline and stripped of surrounding spaces (batches left-padded, as generation needs)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    heads = [prompt_ids(tokenizer, p, max_length - max_new) for p in prompts]
+    device, answers = next(model.parameters()).device, []
+    for chunk in _chunks(heads, batch_size):
+        width = max(len(h) for h in chunk)
+        ids = torch.tensor([[pad] * (width - len(h)) + h for h in chunk], device=device)
+        mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in chunk], device=device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
+                                 do_sample=False, pad_token_id=pad,
+                                 eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+        for row in out[:, width:].tolist():
+            end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)
+            answers.append(tokenizer.decode(row[:end]).split("\n")[0].strip())
+    return answers
+
+
 def evaluate_generative(
     model: nn.Module, spec: TaskSpec, data: Dataset, *, tokenizer: PreTrainedTokenizerBase,
-    max_length: int, batch_size: int,
+    max_length: int, batch_size: int, exact_match: bool = False,
 ) -> dict[str, float]:  # fmt: skip
     """The task's metrics, predicting for each example the label whose verbaliser is the most
-    likely answer to its prompt."""
+    likely answer to its prompt; with ``exact_match`` also the share of examples whose greedy
+    answer (up to the longest verbaliser's tokens + 1) is exactly the label's verbaliser."""
     prompt = task_prompt(spec)
     pairs = data["text_pair"] if "text_pair" in data.column_names else [None] * len(data)
     texts = [render(prompt, t, p) for t, p in zip(data["text"], pairs, strict=True)]
     scores = verbaliser_logprobs(model, tokenizer, texts, prompt.verbalisers,
                                  max_length=max_length, batch_size=batch_size)  # fmt: skip
-    preds = scores.argmax(-1).numpy()
-    return compute_metrics(spec.metrics, preds, np.asarray(data["label"]))
+    labels = np.asarray(data["label"])
+    metrics = compute_metrics(spec.metrics, scores.argmax(-1).numpy(), labels)
+    if exact_match:
+        longest = max(len(a) for a in answer_ids(tokenizer, prompt.verbalisers))
+        said = greedy_answers(model, tokenizer, texts, longest + 1, max_length=max_length,
+                              batch_size=batch_size)  # fmt: skip
+        want = [prompt.verbalisers[y].strip() for y in labels]
+        metrics["exact_match"] = float(np.mean([s == w for s, w in zip(said, want, strict=True)]))
+    return metrics

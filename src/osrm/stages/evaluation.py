@@ -177,6 +177,7 @@ def eval_task(
         seed=cfg.seed,
         max_examples=cfg.eval.max_eval_examples,
         progress=True,
+        exact_match=cfg.eval.exact_match,
     )
 
 

@@ -51,6 +51,9 @@ def prepare(config: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     if generative(specs):
         for spec in specs:
             task_prompt(spec)  # its template and verbalisers fit the task
+    elif cfg.eval.exact_match:
+        raise OsrmError(f"{config}: eval.exact_match scores generated answers: it needs "
+                        "generative tasks (format: generate)")  # fmt: skip
     merge_grid(cfg)
     distributed.barrier()  # every process compared against the old config.yaml
     record_config(cfg, run_dir)  # locked by the main process for the whole command
