@@ -120,9 +120,11 @@ def test_bad_inputs_write_nothing(setup, tmp_path):
     empty.mkdir()
     with pytest.raises(OsrmError, match="no safetensors weights"):
         save_merged_checkpoint(empty, dirs, tmp_path / "o2", "task_arithmetic")
+    with pytest.raises(OsrmError, match="neither a local directory"):  # HF_HUB_OFFLINE=1
+        save_merged_checkpoint("no-org/no-model", dirs, tmp_path / "o4", "task_arithmetic")
     with pytest.raises(OsrmError, match="NaN or Inf"):  # found mid-stream: the folder discarded
         save_merged_checkpoint(base, dirs, tmp_path / "o3", "task_arithmetic", scale=1e39)
-    assert not any(p.name.startswith(("o1", "o2", "o3", ".o")) for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(("o1", "o2", "o3", "o4", ".o")) for p in tmp_path.iterdir())
 
 
 def test_osrm_merge_cli_streams_headless_adapters(setup, tmp_path):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
+from huggingface_hub import snapshot_download
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
@@ -34,6 +35,7 @@ from osrm.merging.outputs import Source, open_sources
 from osrm.merging.record import build_manifest, hp_record, stats_record, task_names
 from osrm.merging.record import write_manifest as write_merge_manifest
 from osrm.merging.registry import check_hyperparameters
+from osrm.models import resolve_model
 
 INDEX_FILE = "model.safetensors.index.json"
 SHARD_BYTES = 5 * 2**30  # the usual hub shard size
@@ -129,13 +131,9 @@ def _raw(tensor: Tensor) -> memoryview:
 def checkpoint_dir(base: str) -> Path:
     """The local folder of a base checkpoint: a directory, an installed offline model, or (online
     or from the hub cache) a snapshot of its config, tokenizer and safetensors files."""
-    from osrm.models import resolve_model
-
     local = Path(resolve_model(base))
     if local.is_dir():
         return local
-    from huggingface_hub import snapshot_download
-
     try:
         patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"]
         return Path(snapshot_download(base, allow_patterns=patterns))
