@@ -29,12 +29,10 @@ from torch import Tensor
 from osrm.artifacts import atomic_dir, seal_dir
 from osrm.errors import OsrmError
 from osrm.guards import check_finite
-from osrm.merging.grams import StatsSource, gram_lookup
-from osrm.merging.merge import Weights, iter_merged, resolve_weights
-from osrm.merging.outputs import Source, open_sources
-from osrm.merging.record import build_manifest, hp_record, stats_record, task_names
+from osrm.merging.grams import StatsSource
+from osrm.merging.merge import Weights
+from osrm.merging.outputs import Source, plan_dense
 from osrm.merging.record import write_manifest as write_merge_manifest
-from osrm.merging.registry import check_hyperparameters
 from osrm.models import resolve_model
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -254,30 +252,22 @@ def save_merged_checkpoint(
         shard_bytes: the largest output shard (a bigger tensor gets its own).
         method, weights, stats, tasks, **hp: as in :func:`osrm.merging.merge_adapters`.
     """
-    check_hyperparameters(method, hp)
     base_dir = checkpoint_dir(str(base))
-    opened = open_sources(sources)
-    if any(getattr(s, "head_keys", None) for s in opened):
+    plan = plan_dense(sources, method, weights, stats, tasks, hp)
+    if any(getattr(s, "head_keys", None) for s in plan.sources):
         raise OsrmError("adapters with task heads: merge them with save_merged_model (no stream)")
-    tasks = task_names(opened, tasks)
     entries = base_entries(base_dir)
-    names = _check_modules(opened, entries, base_dir)
+    names = _check_modules(plan.sources, entries, base_dir)
     total = sum(e.nbytes for e in entries.values())
     free = shutil.disk_usage(Path(out_dir).absolute().parent).free
     if free < total:
         raise OsrmError(f"--out {out_dir}: the merge needs {total / 2**30:.1f} GiB, "
                         f"{free / 2**30:.1f} GiB free there")  # fmt: skip
-    adapters = [s for s in opened if hasattr(s, "head_keys")] or None
-    grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
-    weights = resolve_weights(weights, opened, grams)
-    transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
-    extra = {"stats": stats_record(stats), "streamed_from": str(base), "modules": len(names),
-             "model_head": None, "heads": {}}  # fmt: skip
-    manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
-    merged = iter_merged(opened, method, weights, grams=grams, **hp)
+    manifest = {**plan.manifest, "streamed_from": str(base), "modules": len(names),
+                "model_head": None, "heads": {}}  # fmt: skip
     with atomic_dir(out_dir) as tmp:
         shards = plan_shards(entries, shard_bytes)
-        manifest["files"] = _write_shards(tmp, shards, entries, merged, transposed)
+        manifest["files"] = _write_shards(tmp, shards, entries, plan.stream(hp), plan.transposed)
         _copy_side_files(base_dir, tmp)
         write_merge_manifest(tmp, manifest)
         seal_dir(tmp)

@@ -89,6 +89,41 @@ def apply_deltas(
     return done
 
 
+@dataclass(frozen=True)
+class DensePlan:
+    """What a dense merge needs before its first write: opened sources, task names, Gram
+    lookup, resolved weights, transposed modules, and the manifest to record."""
+
+    method: str
+    sources: list[Mapping[str, Tensor]]
+    tasks: list[str]
+    grams: GramLookup | None
+    weights: object
+    transposed: frozenset[str]
+    manifest: dict
+
+    def stream(self, hp: Mapping) -> Iterable[tuple[str, Tensor]]:
+        """``(name, merged ΔW)`` in sorted name order (:func:`iter_merged`)."""
+        return iter_merged(self.sources, self.method, self.weights, grams=self.grams, **hp)
+
+
+def plan_dense(
+    sources: Sequence[Source], method: str, weights: Weights, stats: Sequence[StatsSource] | None,
+    tasks: Sequence[str] | None, hp: Mapping,
+) -> DensePlan:  # fmt: skip
+    """Check and resolve a dense merge's inputs (shared by the in-memory and streamed writers)."""
+    check_hyperparameters(method, hp)
+    opened = open_sources(sources)
+    tasks = task_names(opened, tasks)
+    adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
+    grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
+    weights = resolve_weights(weights, opened, grams)
+    transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
+    extra = {"stats": stats_record(stats)}
+    manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
+    return DensePlan(method, opened, tasks, grams, weights, transposed, manifest)
+
+
 def save_merged_model(
     base_model: nn.Module,
     sources: Sequence[Source],
@@ -111,17 +146,9 @@ def save_merged_model(
         method, weights, stats, **hp: as in :func:`merge_adapters`.
         tasks: task names for the heads (default: osrm provenance or directory names).
     """
-    check_hyperparameters(method, hp)
-    opened = open_sources(sources)
-    tasks = task_names(opened, tasks)
-    adapters = [s for s in opened if isinstance(s, LoraDeltas)] or None
-    grams = gram_lookup(stats, adapters, tasks) if stats is not None else None
-    weights = resolve_weights(weights, opened, grams)
-    transposed = frozenset().union(*(getattr(s, "transposed", ()) for s in opened))
-    extra = {"stats": stats_record(stats)}
-    manifest = build_manifest("dense", method, weights, hp_record(method, hp), opened, tasks, extra)
-    stream = iter_merged(opened, method, weights, grams=grams, **hp)
-    updated = apply_deltas(base_model, stream, transposed)
+    plan = plan_dense(sources, method, weights, stats, tasks, hp)
+    opened, tasks, manifest = plan.sources, plan.tasks, plan.manifest
+    updated = apply_deltas(base_model, plan.stream(hp), plan.transposed)
     manifest["modules"] = len(updated)
     check_finite(((n, base_model.get_parameter(n)) for n in updated), f"merged weights ({out_dir})")
     with atomic_dir(out_dir) as tmp:
