@@ -20,6 +20,7 @@ from typing import NamedTuple, NoReturn
 
 from osrm import __version__, progress
 from osrm.cli_options import (
+    add_task_options,
     config_args,
     demo_options,
     eval_options,
@@ -104,6 +105,19 @@ def _cmd_retrofit(args: argparse.Namespace) -> None:
         print(json.dumps(adapter_commands.retrofit(args), indent=2))
 
 
+def _cmd_add_task(args: argparse.Namespace) -> None:
+    from osrm.add_task import add_task, change_table
+    from osrm.config import apply_overrides
+
+    fields = apply_overrides({}, args.fields)
+    out = add_task(args.run_dir, args.task, fields, retrofit_mu=args.retrofit_mu)
+    print(f"\n{change_table(out)}\n")
+    if out["not_scored"]:
+        print(f"not scored after the addition (evaluation data not readable): "
+              f"{', '.join(out['not_scored'])}")  # fmt: skip
+    print(f"history: {out['history']}; report: {out['report']['html']}")
+
+
 class Command(NamedTuple):
     add_arguments: Callable[[argparse.ArgumentParser], None]
     handler: Callable[[argparse.Namespace], None]
@@ -151,6 +165,14 @@ COMMANDS: dict[str, Command] = {
          "--mu 0.5 --out retro/",
          "osrm retrofit sst2=ad/sst2 rte=ad/rte --stats sst2.safetensors rte.safetensors "
          "--mu 1 --out retro/"),
+    ),
+    "add-task": Command(
+        add_task_options, _cmd_add_task,
+        "add a task to a trained run from the old tasks' statistics only, then merge again",
+        ("osrm add-task runs/demo trec",
+         "osrm add-task runs/demo trec --retrofit-mu 0.5",
+         "osrm add-task runs/demo reviews 'files={train: reviews.csv}' text_fields=review "
+         "label_field=stars 'label_names=[1, 2, 3, 4, 5]'"),
     ),
     "predict": Command(
         predict_options, _cmd_predict,

@@ -81,6 +81,19 @@ def retrofit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
+def add_task_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a trained run directory (`osrm run`)")
+    p.add_argument("task", metavar="TASK", help="a built-in task, or the name of a task block")
+    p.add_argument(
+        "fields", nargs="*", metavar="KEY=VALUE",
+        help="the task block's fields (values as YAML), as in a config's tasks list",
+    )  # fmt: skip
+    p.add_argument(
+        "--retrofit-mu", type=non_negative_float, metavar="MU",
+        help="also retrofit the existing adapters against the new task's inputs",
+    )  # fmt: skip
+
+
 def predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR",
                    help="an `osrm merge` output (dense or LoRA) or one peft adapter")  # fmt: skip

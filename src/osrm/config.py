@@ -206,8 +206,20 @@ class EvalSection(Section):
     )
 
 
+class AddedTask(Section):
+    """A task joined to the run after its first training (``osrm add-task``)."""
+
+    task: str
+    retrofit_mu: float | None = Field(
+        None, ge=0, allow_inf_nan=False,
+        description="the earlier adapters were retrofitted against this task's statistics",
+    )  # fmt: skip
+
+
 class ExperimentConfig(Section):
     """The whole experiment (one run directory)."""
+
+    omit_when_default = frozenset({"added_tasks"})
 
     run_dir: str = "runs/default"
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -222,6 +234,10 @@ class ExperimentConfig(Section):
     train: TrainSection = TrainSection()
     merge: MergeSection = MergeSection()
     eval: EvalSection = EvalSection()
+    added_tasks: list[AddedTask] = Field(
+        default_factory=list,
+        description="the last tasks of `tasks`, in order, were added later by `osrm add-task`",
+    )
 
     @property
     def task_names(self) -> list[str]:
@@ -240,6 +256,19 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"merge.weights has {len(self.merge.weights)} values for {len(names)} tasks"
             )
+        return self
+
+    def known_tasks(self, task: str) -> list[str]:
+        """The tasks whose statistics ``task``'s adapter was built against: every task of the
+        run but those added (``added_tasks``) after it."""
+        names, later = self.task_names, len(self.added_tasks)
+        return names[: max(len(names) - later, names.index(task) + 1)]
+
+    @model_validator(mode="after")
+    def _added_last(self) -> ExperimentConfig:
+        added = [a.task for a in self.added_tasks]
+        if added and self.task_names[-len(added) :] != added:
+            raise ValueError(f"added_tasks {added}: expected the last tasks of `tasks`, in order")
         return self
 
     @model_validator(mode="after")

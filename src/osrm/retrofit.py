@@ -169,16 +169,21 @@ def retrofit_adapters(
     grams = gram_lookup(stats, adapters, tasks)
     done = retrofit_sources(adapters, grams, tasks, mu)
     records = {r.task: retrofit_record(r, mu, stats_record(stats)) for r in done}
-    out = Path(out_dir)
     for r in done:
-        with atomic_dir(out / r.task) as tmp:
-            write_safetensors(tmp / WEIGHTS_FILE, r.tensors, {"format": "pt"})
-            for name in (CONFIG_FILE, PROVENANCE_FILE):
-                if (r.source.path / name).is_file():
-                    shutil.copyfile(r.source.path / name, tmp / name)
-            (tmp / RETROFIT_FILE).write_text(json.dumps(records[r.task], indent=2) + "\n")
-            seal_dir(tmp)
+        write_retrofitted(Path(out_dir) / r.task, r, records[r.task])
     return records
+
+
+def write_retrofitted(out: Path, r: Retrofitted, record: dict, keep: Sequence[str] = ()) -> None:
+    """One retrofitted adapter into ``out`` (atomically, sealed): its weights, the source's
+    config, provenance and the files named in ``keep``, and ``osrm_retrofit.json``."""
+    with atomic_dir(out) as tmp:
+        write_safetensors(tmp / WEIGHTS_FILE, r.tensors, {"format": "pt"})
+        for name in (CONFIG_FILE, PROVENANCE_FILE, *keep):
+            if (r.source.path / name).is_file():
+                shutil.copyfile(r.source.path / name, tmp / name)
+        (tmp / RETROFIT_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        seal_dir(tmp)
 
 
 def retrofit_record(r: Retrofitted, mu: float, stats: list[dict]) -> dict:

@@ -96,7 +96,7 @@ PLOT_FILES = {
 STATS_DIR, ADAPTERS_DIR, MERGED_DIR = "stats", "adapters", "merged"
 BUDGETS_DIR = "budgets"  # budgets/<step>/<init>/<task>: the adapter saved at train.checkpoints
 # Sections that change artifacts: a run directory made with other values is not reused.
-PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval")
+PINNED = ("seed", "model", "tasks", "lora", "stats", "subspace", "train", "eval", "added_tasks")
 
 
 def stats_file(run_dir: Path, task: str) -> Path:
@@ -113,6 +113,15 @@ def budget_dir(run_dir: Path, step: int, init: str, task: str) -> Path:
     """``budgets/<step>/<init>/<task>``: the adapter of ``adapters/<init>/<task>`` at ``step``, a
     plain adapter like it (so ``budgets/<step>/<init>/*`` merge like ``adapters/<init>/*``)."""
     return run_path(run_dir, BUDGETS_DIR, str(step), init, task)
+
+
+HISTORY_DIR = "history"  # history/<n>-<task>: the n-th task added by `osrm add-task`
+
+
+def history_dir(run_dir: Path, n: int, task: str) -> Path:
+    """``history/<n>-<task>``: results before the n-th addition, its before/after table and the
+    adapters it retrofitted, as they were."""
+    return run_path(run_dir, HISTORY_DIR, f"{n}-{task}")
 
 
 RETROFIT_DIR = "retrofit"  # retrofit/<step or final>/<init>+rf<μ>/<task>: merge.retrofit

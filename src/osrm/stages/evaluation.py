@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -197,8 +197,11 @@ def eval_stage(
     run_dir: Path,
     specs: Mapping[str, TaskSpec],
     adapters: Mapping[tuple[str, str], Path],
+    scored: Collection[str] | None = None,
 ) -> list[Result]:
     """Score base, individual and every merged setting; return all results of the run.
+
+    ``scored``: the tasks to score (default: all); the merges still combine every adapter.
 
     The adapters saved at ``train.checkpoints`` (``budgets/<step>/<init>/<task>``) are scored
     and merged the same way, their results carrying ``step`` (``merge.save`` writes the merges
@@ -210,6 +213,7 @@ def eval_stage(
     backbone, tok = load_base(cfg, generate=generative(specs.values()))
     for init, step, dirs in adapter_series(cfg, run_dir, adapters):
         _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
+                       scored=cfg.task_names if scored is None else scored,
                        init=init, step=step)  # fmt: skip
     distributed.barrier()
     return read_results(path)
@@ -236,6 +240,7 @@ def _eval_adapters(
     dirs: Sequence[Path],
     grid: Sequence[tuple[str, dict[str, Any]]],
     done: set,
+    scored: Collection[str],
     **series: Any,
 ) -> None:
     """Base, individual and merged scores of one set of adapters (one per task, in task order)
@@ -246,6 +251,8 @@ def _eval_adapters(
     heads = {t: adapter_head(d) if specs[t].format == "classify" else {}
              for t, d in zip(tasks, dirs, strict=True)}  # fmt: skip
     for task, adapter_dir in zip(tasks, dirs, strict=True):
+        if task not in scored:
+            continue
         if ((init, "individual", "", "", step), task) not in done:
             model, _ = load_adapter_model(cfg, adapter_dir, specs[task])
             _append(path, _score(cfg, model, tok, specs[task], kind="individual", **series))
@@ -256,7 +263,7 @@ def _eval_adapters(
     grams, solved = None, {}  # auto weights depend on the adapters only: solved once per mode
     for method, hp in grid:
         key = (init, "merged", method, hp_string(hp), step)
-        todo = [t for t in tasks if (key, t) not in done]
+        todo = [t for t in tasks if (key, t) not in done and t in scored]
         if not todo:
             continue
         weights, needs_stats = setting_weights(cfg, hp), METHODS[method].needs_stats

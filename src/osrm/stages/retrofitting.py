@@ -39,13 +39,17 @@ def sources(
     return [budget_dir(run_dir, step, init, t) for t in cfg.task_names]
 
 
-def up_to_date(out: Path, source: Path, mu: float) -> bool:
-    """``out`` verifies and records this ``mu`` and the current bytes of ``source``."""
+def up_to_date(out: Path, source: Path, mu: float, stats: list[Path]) -> bool:
+    """``out`` verifies and records this ``mu`` and the current bytes of ``source`` and of the
+    statistics (a task added since changes what the others avoid)."""
     if not (out / RETROFIT_FILE).is_file() or verify_dir(out) is not None:
         return False
     record = read_json(out / RETROFIT_FILE, "retrofit record")
-    return record.get("mu") == mu and record.get("source", {}).get("sha256") == file_sha256(
-        source / WEIGHTS_FILE
+    hashes = [s.get("sha256") for s in record.get("stats", [])]
+    return (
+        record.get("mu") == mu
+        and record.get("source", {}).get("sha256") == file_sha256(source / WEIGHTS_FILE)
+        and hashes == [file_sha256(s) for s in stats]
     )
 
 
@@ -59,7 +63,7 @@ def retrofit_stage(
             src = sources(cfg, run_dir, adapters, init, step)
             out = retrofit_dir(run_dir, step, label)
             pairs = zip(src, cfg.task_names, strict=True)
-            if all(up_to_date(out / t, s, mu) for s, t in pairs):
+            if all(up_to_date(out / t, s, mu, stats) for s, t in pairs):
                 continue
             at = "final" if step is None else f"step {step}"
             log.info("retrofitting %s adapters (%s) at mu=%g", init, at, mu)

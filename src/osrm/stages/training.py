@@ -98,9 +98,13 @@ def adapter_stage(
     """
     out = {}
     solved = solved or {}
-    digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
+    all_digests = {t: stats_digest(s) for t, s in stats_by_task.items()}
     for init in cfg.lora.inits:
         for task, spec in specs.items():
+            # a task added later (`osrm add-task`) is invisible to the adapters trained before it
+            known = cfg.known_tasks(task)
+            stats = {t: stats_by_task[t] for t in known}
+            digests = {t: all_digests[t] for t in known}
             path = adapter_dir(run_dir, init, task)
             prov = provenance(cfg, init, spec, digests, metas)
             expected = run_fingerprint(cfg, task, init, prov)
@@ -119,12 +123,11 @@ def adapter_stage(
                 mode = prov.mode
                 bases = directions = moments = None  # peft's default init, A free, no penalty
                 if mode is not None:
-                    bases = solved.get(mode, {}).get(task)
+                    whole = len(known) == len(stats_by_task)  # `solved` saw every task
+                    bases = solved.get(mode, {}).get(task) if whole else None
                     if bases is None:
-                        bases = solve_bases(cfg, stats_by_task, metas, task, mode)
-                    directions, moments = keep_a_inputs(
-                        bases, cfg, stats_by_task, metas, task, mode
-                    )
+                        bases = solve_bases(cfg, stats, metas, task, mode)
+                    directions, moments = keep_a_inputs(bases, cfg, stats, metas, task, mode)
                 train_task(
                     cfg, spec, path, bases=bases, provenance=prov, budgets=budgets, final=not done,
                     directions=directions, moments=moments,
