@@ -155,6 +155,34 @@ def with_stats(prepare: Callable[[Env, Path], None], command: str = "merge"):
     return argv
 
 
+def add_task(task: str = "more", prepare: Callable[[Path], None] | None = None, *extra: str):
+    """``osrm add-task`` on a copy of the workspace's run (``prepare`` edits the copy); the new
+    task is low's data under another name."""
+
+    def argv(env: Env) -> list[str]:
+        run = env.copy(env.ws / "run", "run")
+        if prepare is not None:
+            prepare(run)
+        fields = [f"files={{train: {env.ws / 'data' / 'low.csv'}}}", "text_fields=text",
+                  "label_field=label", "label_names=['0', '1']"]  # fmt: skip
+        return ["add-task", str(run), task, *fields, *extra]
+
+    return argv
+
+
+def reseal_stats(edit: Callable[[Env, Path], None]) -> Callable[[Path], None]:
+    """Edit a run's ``stats/low.safetensors`` and seal it again, as if osrm had written it."""
+
+    def prepare(run: Path) -> None:
+        from osrm.artifacts import seal_files
+
+        path = run / "stats" / "low.safetensors"
+        edit(None, path)  # type: ignore[arg-type]
+        seal_files([path])
+
+    return prepare
+
+
 # ------------------------------------------------------------- ways to break an artifact
 
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from osrm.add_task import BEFORE_FILE, CHANGE_FILE
 from osrm.artifacts import seal_files
 from osrm.cli import main
 from osrm.config import load_config
 from osrm.merging.loading import load_adapters
 from osrm.report import read_results
 from osrm.retrofit import retrofit_a
+from osrm.rundir import BEFORE_FILE, CHANGE_FILE
 from osrm.stages.statistics import subspace_options
 from osrm.stats import load_stats, save_stats
 from osrm.subspace import osrm_bases
@@ -116,6 +116,8 @@ def test_results_before_and_after(grown):
     assert ties["mid before"] is None and 0 <= ties["mid after"] <= 1
     individual = rows["lora", "individual"]  # unchanged adapters keep their scores
     assert individual["low after"] == individual["low before"]
+    report = (run / "results.md").read_text()  # the report shows the history
+    assert "Added later (1): mid" in report and f"{ties['low before']:.3f} → not scored" in report
 
 
 def test_grown_run_is_reused_by_osrm_run(grown, tmp_path):

@@ -35,7 +35,7 @@ from osrm.merging.grams import gram_lookup
 from osrm.merging.loading import load_adapters
 from osrm.merging.record import stats_record
 from osrm.models import load_base
-from osrm.report import Result, append_results, read_results
+from osrm.report import Result, append_results, markdown_table, read_results
 from osrm.retrofit import (
     RETROFIT_FILE,
     check_mu,
@@ -44,7 +44,9 @@ from osrm.retrofit import (
     write_retrofitted,
 )
 from osrm.rundir import (
+    BEFORE_FILE,
     BUDGET_DIAGNOSTICS_FILE,
+    CHANGE_FILE,
     CONFIG_FILE,
     INTERFERENCE_FILE,
     RESULTS_FILE,
@@ -59,7 +61,7 @@ from osrm.rundir import (
 from osrm.stages.diagnostics import budget_stage, interference_stage
 from osrm.stages.evaluation import eval_stage, merge_grid
 from osrm.stages.preparation import check_splits
-from osrm.stages.reporting import report_stage
+from osrm.stages.reporting import change_rows, report_stage
 from osrm.stages.retrofitting import retrofit_stage
 from osrm.stages.statistics import stats_stage
 from osrm.stages.training import adapter_stage
@@ -68,7 +70,6 @@ from osrm.tasks.registry import TASKS, load_task, task_spec
 from osrm.tasks.spec import TaskSpec, generative
 
 log = logging.getLogger(__name__)
-BEFORE_FILE, CHANGE_FILE = "results.before.jsonl", "before_after.json"
 
 
 @dataclass(frozen=True)
@@ -342,21 +343,6 @@ def before_after(
 
 
 def change_table(out: dict) -> str:
-    """The before/after table of :func:`add_task` as markdown (scores ×100, one row per model)."""
-    rows = out["rows"]
-    if not rows:
-        return "(no scores)"
-    cols = [c for c in rows[0] if c not in ("init", "model")]
-    tasks = list(dict.fromkeys(c.rsplit(" ", 1)[0] for c in cols))
-    head = ["init", "model", *tasks]
-
-    def cell(row: dict, task: str) -> str:
-        b, a = row[f"{task} before"], row[f"{task} after"]
-        if a is None:
-            return "—" if b is None else f"{100 * b:.1f} → not scored"
-        return f"{100 * a:.1f}" if b is None else f"{100 * b:.1f} → {100 * a:.1f}"
-
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([r["init"], r["model"], *(cell(r, t) for t in tasks)]) + " |"
-              for r in rows]  # fmt: skip
-    return "\n".join(lines)
+    """The before/after table of :func:`add_task` as markdown."""
+    rows, columns = change_rows(out)
+    return markdown_table(rows, columns) if rows else "(no scores)"

@@ -124,6 +124,8 @@ def history_dir(run_dir: Path, n: int, task: str) -> Path:
     return run_path(run_dir, HISTORY_DIR, f"{n}-{task}")
 
 
+# inside history/<n>-<task>: the results before the addition, its before/after table
+BEFORE_FILE, CHANGE_FILE = "results.before.jsonl", "before_after.json"
 RETROFIT_DIR = "retrofit"  # retrofit/<step or final>/<init>+rf<μ>/<task>: merge.retrofit
 
 

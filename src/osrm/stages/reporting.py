@@ -10,6 +10,7 @@ from pathlib import Path
 from osrm import __version__
 from osrm.config import ExperimentConfig, dump_config
 from osrm.diagnostics import summarise_interference
+from osrm.loaders import read_json
 from osrm.plots import (
     plot_best_bars,
     plot_budget_drift,
@@ -26,7 +27,7 @@ from osrm.report import (
     results_table,
     table_columns,
 )
-from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
+from osrm.rundir import CHANGE_FILE, PLOT_FILES, REPORT_FILES, history_dir, run_path, write_text
 from osrm.verdict import html as verdict_html
 from osrm.verdict import markdown as verdict_markdown
 from osrm.verdict import verdict
@@ -117,12 +118,44 @@ def budget_table(rows: Sequence[Mapping], diagnostics: Sequence[Mapping]) -> lis
     return out
 
 
+def change_rows(change: Mapping) -> tuple[list[dict], dict[str, str]]:
+    """Rows and columns of an ``osrm add-task`` before/after table (``before_after.json``): one
+    row per init and model, each task's score ``before → after``."""
+    raw = change["rows"]
+    tasks = list(dict.fromkeys(c.rsplit(" ", 1)[0] for r in raw for c in r if " " in c
+                               and c.endswith((" before", " after"))))  # fmt: skip
+
+    def cell(row: Mapping, task: str) -> str:
+        b, a = row.get(f"{task} before"), row.get(f"{task} after")
+        after = "not scored" if a is None else f"{a:.3f}"
+        return ("—" if a is None else after) if b is None else f"{b:.3f} → {after}"
+
+    rows = [{"init": r["init"], "model": r["model"], **{t: cell(r, t) for t in tasks}}
+            for r in raw]  # fmt: skip
+    return rows, {"init": "init", "model": "model", **{t: t for t in tasks}}
+
+
+def history_sections(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, list, dict]]:
+    """(title, rows, columns) of every task added by ``osrm add-task`` that finished."""
+    out = []
+    for n, added in enumerate(cfg.added_tasks, 1):
+        path = history_dir(run_dir, n, added.task) / CHANGE_FILE
+        if not path.is_file():
+            continue
+        mu = added.retrofit_mu
+        how = "" if mu is None else f"; the earlier adapters retrofitted against it at μ = {mu:g}"
+        rows, columns = change_rows(read_json(path, "before/after table"))
+        out.append((f"Added later ({n}): {added.task}{how}. Scores before → after", rows, columns))
+    return out
+
+
 def markdown_report(
     cfg: ExperimentConfig,
     rows: Sequence[Mapping],
     matrices: Matrices,
     budget_rows: Sequence[Mapping] = (),
     judged: Mapping | None = None,
+    history: Sequence[tuple[str, list, dict]] = (),
 ) -> str:
     """results.md: the verdict (``judged``, from :func:`osrm.verdict.verdict`), then the tables."""
     tasks = cfg.task_names
@@ -155,6 +188,8 @@ def markdown_report(
     if budget_rows:
         lines += ["", "## Training budgets", "", BUDGET_NOTE, "",
                   markdown_table(budget_rows, BUDGET_COLUMNS)]  # fmt: skip
+    for title, table, columns in history:
+        lines += ["", f"## {title}", "", markdown_table(table, columns)]
     return "\n".join(lines) + "\n"
 
 
@@ -187,6 +222,7 @@ def html_report(
     images: Mapping[str, Path],
     budget_rows: Sequence[Mapping] = (),
     judged: Mapping | None = None,
+    history: Sequence[tuple[str, list, dict]] = (),
 ) -> str:
     """One page, no external resources: tables inline, PNGs as data URIs, each figure captioned
     by what it shows (``images``: :data:`CAPTIONS` key -> PNG)."""
@@ -207,6 +243,8 @@ def html_report(
             f"<h2>Training budgets</h2><p>{html.escape(BUDGET_NOTE.replace('`', ''))}</p>"
             + _html_table(budget_rows, BUDGET_COLUMNS)
         )
+    for title, table, columns in history:
+        inter += f"<h2>{html.escape(title)}</h2>" + _html_table(table, columns)
     style = (
         "body{font-family:sans-serif;margin:2em;max-width:1400px}"
         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}"
@@ -253,10 +291,11 @@ def report_stage(
              "budget_drift": plot_budget_drift}  # fmt: skip
     images |= {k: plot(steps, run_path(run_dir, PLOT_FILES[k])) for k, plot in plots.items()
                if steps}  # fmt: skip
+    history = history_sections(cfg, run_dir)
     texts = {
-        "markdown": markdown_report(cfg, rows, matrices, steps, judged),
+        "markdown": markdown_report(cfg, rows, matrices, steps, judged, history),
         "csv": csv_table(rows, result_columns(cfg, rows)),
-        "html": html_report(cfg, rows, matrices, images, steps, judged),
+        "html": html_report(cfg, rows, matrices, images, steps, judged, history),
     }
     paths = {k: write_text(run_path(run_dir, REPORT_FILES[k]), text) for k, text in texts.items()}
     return {"rows": rows, "paths": paths, "images": images}
