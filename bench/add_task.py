@@ -1,0 +1,142 @@
+"""Benchmark: add a task to a merged model later (issue 18, `osrm add-task`).
+
+Per seed: one `osrm run` of configs/offline-suite.yaml (all-MiniLM-L6-v2, r=8 on query/value) on
+5 real tasks with the inits `lora`, `osrm` and `contrast` (the OSRM family), then a 6th task added
+by `osrm add-task` to a copy of that run twice: alone, and with the old adapters retrofitted
+against the new task (`--retrofit-mu 1`). Reported per init and merge method (task arithmetic
+at scale 1 and its best λ, TIES): the 5 old tasks' merged average before and after the addition
+and the new task's merged score, normalised by the individual adapters (mean ± spread over the
+seeds). Every process single-threaded, the two seeds side by side; a finished step is reused.
+
+    python bench/add_task.py            # 2 seeds
+    python bench/add_task.py --quick    # 3 + 1 tasks, 1 seed, 60 steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import budget
+import common
+from budget_summary import pool
+from osrm.report import read_results
+from osrm.rundir import BEFORE_FILE, CHANGE_FILE
+
+REPO = common.REPO
+OLD, NEW = "rotten_tomatoes,trec,sms_spam,vader_movies,epistemic_reasoning", "tweet_sentiment"
+QUICK_OLD = "rotten_tomatoes,trec,sms_spam"
+GRID = "merge.methods={task_arithmetic: {scale: [0.4, 0.6, 0.8, 1.0]}, ties: {density: 0.2}}"
+MU = 1.0
+INITS = ("lora", "osrm", "contrast")
+
+
+def overrides(name: str, seed: int, run_dir: Path) -> list[str]:
+    steps, stats, evals = {"full": (200, 128, 200), "quick": (60, 64, 100),
+                           "smoke": (4, 16, 16)}[name]  # fmt: skip
+    tasks = OLD if name == "full" else QUICK_OLD
+    return [
+        f"tasks=[{tasks}]", f"lora.inits=[{','.join(INITS)}]", f"train.steps={steps}",
+        "train.lr=2.0e-3", "train.batch_size=16", "train.max_length=64", "stats.max_length=64",
+        f"stats.examples={stats}", f"eval.max_eval_examples={evals}",
+        "subspace.modes=[cov, contrast]", GRID, f"seed={seed}", f"run_dir={run_dir}",
+    ]  # fmt: skip
+
+
+def add(run_dir: Path, grown: Path, extra: list[str]) -> float:
+    """`osrm add-task` of the new task on a copy of ``run_dir`` (reused when finished)."""
+    if (grown / "history" / f"1-{NEW}" / CHANGE_FILE).is_file():
+        return json.loads((grown / "add_task_job.json").read_text())["seconds"]
+    if not grown.is_dir():
+        shutil.copytree(run_dir, grown, ignore=shutil.ignore_patterns("job.json"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    with open(f"{grown}.log", "w") as log:
+        command = [sys.executable, "-m", "osrm", "-q", "add-task", str(grown), NEW, *extra]
+        subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+    seconds = time.perf_counter() - start
+    (grown / "add_task_job.json").write_text(json.dumps({"seconds": seconds}) + "\n")
+    return seconds
+
+
+def seed_job(name: str, seed: int, root: Path) -> dict:
+    run_dir = root / f"seed{seed}"
+    job = budget.run_osrm(run_dir, overrides(name, seed, run_dir), {"seed": seed})
+    times = {}
+    for label, extra in (("added", []), (f"added+rf{MU:g}", ["--retrofit-mu", str(MU)])):
+        times[label] = add(run_dir, root / f"seed{seed}-{label}", extra)
+    return {**job, "add_seconds": times}
+
+
+def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
+    """Per init × merged setting: old tasks' normalised average before and after, new task's."""
+    before = read_results(run / "history" / f"1-{NEW}" / BEFORE_FILE)
+    after = read_results(run / "results.jsonl")
+
+    def scores(results, kind: str) -> dict:
+        return {(r.init, r.method, r.hp, r.task): r.score for r in results
+                if r.kind == kind and r.step is None}  # fmt: skip
+
+    single_b, single_a = scores(before, "individual"), scores(after, "individual")
+    merged_b, merged_a = scores(before, "merged"), scores(after, "merged")
+
+    def norm(merged: dict, single: dict, key: tuple, tasks: list[str]) -> float:
+        vals = [merged[(*key, t)] / single[key[0], "", "", t] for t in tasks]
+        return sum(vals) / len(vals)
+
+    out = []
+    for init, method, hp in sorted({k[:3] for k in merged_a}):
+        key = (init, method, hp)
+        out.append({
+            "series": label, "seed": seed, "init": init, "method": method, "hp": hp,
+            "old_before": norm(merged_b, single_b, key, old),
+            "old_after": norm(merged_a, single_a, key, old),
+            "new": norm(merged_a, single_a, key, [NEW]),
+            "old_single_before": sum(single_b[init, "", "", t] for t in old) / len(old),
+            "old_single_after": sum(single_a[init, "", "", t] for t in old) / len(old),
+        })  # fmt: skip
+    return out
+
+
+def summarise(root: Path, seeds: list[int], old: list[str]) -> list[dict]:
+    rows = [r for s in seeds for label in ("added", f"added+rf{MU:g}")
+            for r in rows_of(root / f"seed{s}-{label}", label, s, old)]  # fmt: skip
+    cols = ["old_before", "old_after", "new", "old_single_before", "old_single_after"]
+    return pool(rows, ["series", "init", "method", "hp"], cols)
+
+
+def main() -> dict:
+    parser = common.new_parser(__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--run-root", default=None)
+    common.add_json(parser, help="default: bench/results/add_task[-quick].json")
+    args = parser.parse_args()
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    seeds = [0, 1] if name == "full" else [0]
+    root = Path(args.run_root or REPO / "runs" / "bench" / f"add-task-{name}")
+    out = Path(args.json or common.RESULTS / f"add_task{'' if name == 'full' else '-' + name}.json")
+    start, env = time.perf_counter(), common.environment()
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        jobs = list(executor.map(lambda s: seed_job(name, s, root), seeds))
+    old = (OLD if name == "full" else QUICK_OLD).split(",")
+    result = {"benchmark": "add_task", "variant": name, "seeds": seeds, "old_tasks": old,
+              "new_task": NEW, "retrofit_mu": MU, "inits": list(INITS),
+              "config": "configs/offline-suite.yaml", "overrides": overrides(name, 0, root)[:-2],
+              "jobs": jobs, "rows": summarise(root, seeds, old), "environment": env,
+              "command": "python bench/add_task.py" + ("" if name == "full" else f" --{name}"),
+              "wall_seconds": time.perf_counter() - start}  # fmt: skip
+    common.write_json(out, result, indent=1)
+    print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
+    return result
+
+
+if __name__ == "__main__":
+    main()
