@@ -171,8 +171,12 @@ def _grown(
     old: ExperimentConfig, task: str, fields: dict[str, Any], mu: float | None
 ) -> ExperimentConfig:
     """``old`` with ``task`` appended to ``tasks`` and recorded in ``added_tasks``."""
+    if not fields and task not in TASKS:
+        raise OsrmError(f"add-task {task!r}: not a built-in task ({', '.join(TASKS)}); a task of "
+                        "your own needs its block's fields: 'files={train: a.csv}' "
+                        "text_fields=... label_field=... 'label_names=[...]'")  # fmt: skip
     entry: str | dict = task
-    if fields or task not in TASKS:
+    if fields:
         entry = {"name": task, **fields}
         if isinstance(fields.get("files"), Mapping):  # recorded absolute: the run may move cwd
             entry["files"] = {k: str(Path(v).expanduser().resolve()) for k, v in
