@@ -87,9 +87,12 @@ def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
     single_b, single_a = scores(before, "individual"), scores(after, "individual")
     merged_b, merged_a = scores(before, "merged"), scores(after, "merged")
 
-    def norm(merged: dict, single: dict, key: tuple, tasks: list[str]) -> float:
-        vals = [merged[(*key, t)] / single[key[0], "", "", t] for t in tasks]
-        return sum(vals) / len(vals)
+    def norm(merged: dict, single: dict, key: tuple, tasks: list[str]) -> float | None:
+        """As `osrm.report.results_table`'s norm_avg: none unless every individual score > 0."""
+        own = [single[key[0], "", "", t] for t in tasks]
+        if min(own) <= 0:
+            return None
+        return sum(merged[(*key, t)] / o for t, o in zip(tasks, own, strict=True)) / len(tasks)
 
     out = []
     for init, method, hp in sorted({k[:3] for k in merged_a}):
