@@ -38,19 +38,20 @@ SUITE = {
     "retrofit": ("retrofit.py", []),
     "decoder": ("decoder.py", []),
     "generate": ("generate.py", []),
+    "add_task": ("add_task.py", []),
 }
 
 
 def result_name(name: str, quick: bool) -> str:
     """quality, single_task and budget have quick variants, kept beside the full results."""
-    quick_ones = ("quality", "single_task", "budget", "retrofit", "generate")
+    quick_ones = ("quality", "single_task", "budget", "retrofit", "generate", "add_task")
     return f"{name}-quick" if quick and name in quick_ones else name
 
 
 def run_one(name: str, script: str, extra: list[str], quick: bool) -> dict:
     """Run one benchmark script; returns its stamp (command, wall time, exit status)."""
     out = (RESULTS / f"{result_name(name, quick)}.json").relative_to(REPO)
-    if quick and name in ("quality", "budget", "retrofit", "generate"):
+    if quick and name in ("quality", "budget", "retrofit", "generate", "add_task"):
         extra = ["--quick"]
     if quick and name == "single_task":
         extra = [*QUICK_SINGLE_TASK, "--run-dir", "runs/bench/single_task-quick"]
