@@ -14,7 +14,6 @@ seeds). Every process single-threaded, the two seeds side by side; a finished st
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -116,13 +115,7 @@ def summarise(root: Path, seeds: list[int], old: list[str]) -> list[dict]:
 
 
 def main() -> dict:
-    parser = common.new_parser(__doc__)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--run-root", default=None)
-    common.add_json(parser, help="default: bench/results/add_task[-quick].json")
-    args = parser.parse_args()
-    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    args, name = common.variant_args(__doc__, "bench/results/add_task[-VARIANT].json")
     seeds = [0, 1] if name == "full" else [0]
     root = Path(args.run_root or REPO / "runs" / "bench" / f"add-task-{name}")
     out = Path(args.json or common.RESULTS / f"add_task{'' if name == 'full' else '-' + name}.json")
