@@ -20,6 +20,7 @@ from pathlib import Path
 
 import common
 from osrm.artifacts import atomic_file
+from report_add_task import add_task_body
 from report_budget import budget_body
 from report_claims import interpretation_body
 from report_common import OUT, RESULTS, Inputs, not_run, read_json, section
@@ -66,6 +67,10 @@ def build(results: Path) -> str:
         if (data := inputs.load(name)) is not None:
             title = "Merge-ready without retraining" + ("" if name == "retrofit" else ", quick")
             lines += section(title, lambda data=data: retrofit_body(inputs, data))
+    for name in ("add_task", "add_task-quick"):
+        if (data := inputs.load(name)) is not None:
+            title = "Adding a task later" + ("" if name == "add_task" else ", quick")
+            lines += section(title, lambda data=data: add_task_body(inputs, data))
     lines += section("Decoder (SmolLM2-135M)", lambda: optional(inputs, "decoder", decoder_body))
     for name in ("generate", "generate-quick"):
         if (data := inputs.load(name)) is not None:

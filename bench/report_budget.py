@@ -8,20 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from osrm.report import markdown_table
-from report_common import FIGURES, Inputs, mean_spread, plural, shown, stamp
+from report_common import FIGURES, Inputs, ms, plural, shown, stamp
 
 # columns, in order, when present: each method's best setting with the given weights, then
 # (issue 16) with weights from the statistics (best scale, and at scale 1: no search at all)
 METHODS = ("task_arithmetic", "task_arithmetic+auto", "task_arithmetic+auto@1", "ties",
            "ties+auto", "dare_ties", "regmean")  # fmt: skip
 NOTES = Path(__file__).with_name("budget_interpretation.md")
-
-
-def ms(stat: Mapping | None) -> str:
-    """mean ± spread over seeds; the mean alone for one seed (a spread of 0 would mislead)."""
-    if stat and stat.get("n", 0) <= 1:
-        return f"{stat['mean']:.3f}"
-    return mean_spread(stat)
 
 
 def _cell(row: Mapping, method: str, key: str) -> str:

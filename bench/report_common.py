@@ -73,6 +73,13 @@ def mean_spread(stat: Stat | None) -> str:
     return "" if not stat else f"{stat['mean']:.3f} ± {stat['spread']:.3f}"
 
 
+def ms(stat: Stat | None) -> str:
+    """mean ± spread over seeds; the mean alone for one seed (a spread of 0 would mislead)."""
+    if stat and stat.get("n", 0) <= 1:
+        return f"{stat['mean']:.3f}"
+    return mean_spread(stat)
+
+
 def duration(seconds: float | None) -> str:
     """``4812 s (1.3 h)``; minutes or hours are added when they read better."""
     if seconds is None:

@@ -7,13 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from osrm.report import markdown_table
-from report_common import NO_NORM, Inputs, mean_spread, shown, stamp
-
-
-def ms(stat: Mapping | None) -> str:
-    if stat and stat.get("n", 0) <= 1:
-        return f"{stat['mean']:.3f}"
-    return mean_spread(stat)
+from report_common import NO_NORM, Inputs, ms, shown, stamp
 
 
 def generate_body(inputs: Inputs, data: dict) -> list[str]:

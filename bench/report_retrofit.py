@@ -7,15 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from osrm.report import markdown_table
-from report_common import METHOD_ORDER, Inputs, mean_spread, plural, shown, stamp
+from report_common import METHOD_ORDER, Inputs, ms, plural, shown, stamp
 
 SINGLE_POINTS, AUTO_POINTS = 0.01, 0.01  # issue 16: within 1 point
-
-
-def ms(stat: Mapping | None) -> str:
-    if stat and stat.get("n", 0) <= 1:
-        return f"{stat['mean']:.3f}"
-    return mean_spread(stat)
 
 
 def series_table(rows: list[Mapping]) -> str:

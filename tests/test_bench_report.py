@@ -413,3 +413,39 @@ def test_generate_section_counts_tasks_learnt_beyond_the_majority_class(tmp_path
     # tweet: lora 0.52 − 0.01 beats 0.45 by more than 0.05; osrm 0.49 does not
     assert "majority class (individual mean − spread above it by more than 0.05): lora 2 of 2, " \
            "osrm 1 of 2." in text  # fmt: skip
+
+
+def test_add_task_section_picks_lambda_and_compares_with_lora(tmp_path):
+    results = write_results(tmp_path)
+
+    def r(series, init, method, hp, before, after, new) -> dict:
+        return {"series": series, "init": init, "method": method, "hp": hp,
+                "old_before": stat(before, 0.01), "old_after": stat(after, 0.02),
+                "new": stat(new, 0.03), "old_single_before": stat(0.8),
+                "old_single_after": stat(0.8 if series == "added" else 0.79)}  # fmt: skip
+
+    rows = [
+        r("added", "lora", "task_arithmetic", "scale=0.6", 0.90, 0.88, 0.70),
+        r("added", "lora", "task_arithmetic", "scale=1.0", 0.85, 0.80, 0.90),
+        r("added", "lora", "ties", "density=0.2", 0.80, 0.75, 0.60),
+        r("added", "osrm", "task_arithmetic", "scale=0.6", 0.80, 0.80, 0.80),
+        r("added", "osrm", "task_arithmetic", "scale=1.0", 0.90, 0.88, 0.94),
+        r("added", "osrm", "ties", "density=0.2", 0.70, 0.70, 0.70),
+    ]
+    data = {"variant": "full", "seeds": [0, 1], "old_tasks": ["a", "b", "c", "d"],
+            "new_task": "e", "retrofit_mu": 1.0, "rows": rows}  # fmt: skip
+    (results / "add_task.json").write_text(json.dumps(data))
+    out = tmp_path / "R.md"
+    assert report.main(["--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text().split("## Adding a task later")[1].split("\n## ")[0]
+    # lora, all tasks after: λ=0.6 (4·0.88 + 0.70)/5 = 0.844 beats λ=1 (4·0.80 + 0.90)/5 = 0.820
+    lora_at_one = ("| added | lora | task_arithmetic | scale=1.0 (λ=1) | 0.800 ± 0.000 → "
+                   "0.800 ± 0.000 | 0.850 ± 0.010 | 0.800 ± 0.020 | -5.0 pts | 0.900 ± 0.030 "
+                   "| 0.820 |")  # fmt: skip
+    assert lora_at_one in text
+    assert "| scale=0.6 (best λ) |" in text and "| 0.844 |" in text
+    # osrm: λ=1 is also its best λ (0.892): one row, marked as both
+    assert text.count("| added | osrm | task_arithmetic |") == 1 and "(λ=1, best λ)" in text
+    assert "task_arithmetic (best λ): best OSRM-family init `osrm` 0.892 vs `lora` 0.844 " \
+           "(+4.8 pts" in text  # fmt: skip
+    assert "ties: best OSRM-family init `osrm` 0.700 vs `lora` 0.720 (-2.0 pts" in text
