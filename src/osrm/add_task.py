@@ -18,31 +18,20 @@ Every step skips what is done, so an interrupted addition is finished by running
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from osrm import __version__
-from osrm.adapters import RECORD_FILE, RUN_ADAPTER_FILES
-from osrm.artifacts import atomic_dir, atomic_file, file_sha256, verify_dir, verify_file
+from osrm.adapters import RUN_ADAPTER_FILES
+from osrm.artifacts import atomic_file, verify_dir, verify_file
 from osrm.config import ExperimentConfig, dump_config, load_config, parse_config
 from osrm.errors import OsrmError
-from osrm.loaders import read_json
-from osrm.merging.deltas import WEIGHTS_FILE
-from osrm.merging.grams import gram_lookup
-from osrm.merging.loading import load_adapters
-from osrm.merging.record import stats_record
+from osrm.history import before_after, history_of, start_history
 from osrm.models import load_base
-from osrm.report import Result, append_results, markdown_table, read_results
-from osrm.retrofit import (
-    RETROFIT_FILE,
-    check_mu,
-    retrofit_record,
-    retrofit_sources,
-    write_retrofitted,
-)
+from osrm.report import Result, append_results, read_results
+from osrm.retrofit import check_mu
 from osrm.rundir import (
     BEFORE_FILE,
     BUDGET_DIAGNOSTICS_FILE,
@@ -51,7 +40,6 @@ from osrm.rundir import (
     INTERFERENCE_FILE,
     RESULTS_FILE,
     adapter_dir,
-    history_dir,
     run_dir_locked,
     run_path,
     stats_file,
@@ -61,8 +49,8 @@ from osrm.rundir import (
 from osrm.stages.diagnostics import budget_stage, interference_stage
 from osrm.stages.evaluation import eval_stage, merge_grid
 from osrm.stages.preparation import check_splits
-from osrm.stages.reporting import change_rows, report_stage
-from osrm.stages.retrofitting import retrofit_stage
+from osrm.stages.reporting import report_stage
+from osrm.stages.retrofitting import retrofit_against, retrofit_stage
 from osrm.stages.statistics import stats_stage
 from osrm.stages.training import adapter_stage
 from osrm.stats import StatsMeta, find_target_modules, load_stats, weight_fingerprint
@@ -113,9 +101,10 @@ def add_task(
         adapters = adapter_stage(cfg, run_dir, {task: specs[task]}, stats, metas)
         adapters.update({(i, t): adapter_dir(run_dir, i, t) for i in cfg.lora.inits
                          for t in plan.old.task_names})  # fmt: skip
-        start_history(plan, run_dir)
+        start_history(plan.history, run_dir)
         if retrofit_mu is not None:
-            retrofit_old(plan, run_dir, retrofit_mu)
+            kept = run_path(plan.history, "adapters")
+            retrofit_against(run_dir, cfg.lora.inits, plan.old.task_names, task, kept, retrofit_mu)
         if not plan.resumed:  # the grown run from here on
             keep_valid_results(plan, run_dir)
             write_text(run_path(run_dir, CONFIG_FILE), dump_config(cfg))
@@ -196,12 +185,6 @@ def _without_last(cfg: ExperimentConfig) -> ExperimentConfig:
     return parse_config(data, "the run's config before its last added task")
 
 
-def history_of(cfg: ExperimentConfig, run_dir: Path) -> Path:
-    """``history/<n>-<task>`` of the last added task of ``cfg`` (or of the next one)."""
-    n = len(cfg.added_tasks)
-    return history_dir(run_dir, n, cfg.added_tasks[-1].task) if n else run_dir / "history"
-
-
 def old_statistics(
     old: ExperimentConfig, run_dir: Path, model
 ) -> tuple[dict, dict[str, StatsMeta]]:
@@ -219,52 +202,6 @@ def old_statistics(
                 f"({fingerprint[:12]}); collect them again with `osrm stats`"
             )
     return stats, metas
-
-
-def start_history(plan: Addition, run_dir: Path) -> None:
-    """``history/<n>-<task>/results.before.jsonl``: the run's results before the addition."""
-    before = run_path(plan.history, BEFORE_FILE)
-    results = run_dir / RESULTS_FILE
-    if before.is_file():  # an interrupted addition: copied before the results were changed
-        return
-    plan.history.mkdir(parents=True, exist_ok=True)
-    with atomic_file(before) as tmp:
-        if results.is_file():
-            shutil.copyfile(results, tmp)
-        else:
-            tmp.write_text("")
-
-
-def retrofit_old(plan: Addition, run_dir: Path, mu: float) -> None:
-    """Each old adapter's A retrofitted against the new task's inputs (``μ·E_new‖BA'x‖²``); the
-    original goes to ``history/<n>-<task>/adapters/<init>/<task>`` first."""
-    new = stats_file(run_dir, plan.task)
-    for init in plan.cfg.lora.inits:
-        fresh = adapter_dir(run_dir, init, plan.task)
-        for task in plan.old.task_names:
-            live = adapter_dir(run_dir, init, task)
-            kept = run_path(plan.history, "adapters", init, task)
-            if not kept.is_dir() or verify_dir(kept) is not None:
-                with atomic_dir(kept) as tmp:
-                    shutil.copytree(live, tmp, dirs_exist_ok=True)
-            if _retrofitted(live, kept, mu):
-                continue
-            log.info("retrofitting %s/%s against %s at mu=%g", init, task, plan.task, mu)
-            pair = load_adapters([kept, fresh])
-            stats = [stats_file(run_dir, task), new]
-            grams = gram_lookup(stats, pair, [task, plan.task])
-            done = retrofit_sources(pair, grams, [task, plan.task], mu)[0]
-            record = retrofit_record(done, mu, stats_record(stats))
-            write_retrofitted(live, done, record, keep=(RECORD_FILE,))
-
-
-def _retrofitted(live: Path, kept: Path, mu: float) -> bool:
-    """``live`` is ``kept`` retrofitted at ``mu`` (sealed, recording that source)."""
-    if not (live / RETROFIT_FILE).is_file() or verify_dir(live) is not None:
-        return False
-    record = read_json(live / RETROFIT_FILE, "retrofit record")
-    source = record.get("source", {}).get("sha256")
-    return record.get("mu") == mu and source == file_sha256(kept / WEIGHTS_FILE)
 
 
 def keep_valid_results(plan: Addition, run_dir: Path) -> None:
@@ -322,31 +259,3 @@ def score_and_report(plan: Addition, run_dir: Path, adapters: dict, stats: dict)
     write_json(run_path(plan.history, CHANGE_FILE), change)  # marks the addition finished
     report = report_stage(cfg, run_dir, results, matrices, budgets)
     return {**change, "history": str(plan.history), "report": report["paths"]}
-
-
-def before_after(
-    before: list[Result], after: list[Result], old_tasks: list[str], new: str
-) -> list[dict]:
-    """Per init and model (individual, each merged setting; final adapters): each task's score
-    before and after the addition (None where there is none)."""
-
-    def table(results: list[Result]) -> dict:
-        return {(r.init, r.kind, r.method, r.hp, r.task): r.score for r in results
-                if r.step is None and r.kind != "base"}  # fmt: skip
-
-    old, now = table(before), table(after)
-    models = dict.fromkeys(k[:4] for k in [*now, *old])
-    rows = []
-    for init, kind, method, hp in models:
-        row = {"init": init, "model": kind if kind != "merged" else f"{method} {hp}".strip()}
-        for t in [*old_tasks, new]:
-            row[f"{t} before"] = old.get((init, kind, method, hp, t))
-            row[f"{t} after"] = now.get((init, kind, method, hp, t))
-        rows.append(row)
-    return rows
-
-
-def change_table(out: dict) -> str:
-    """The before/after table of :func:`add_task` as markdown."""
-    rows, columns = change_rows(out)
-    return markdown_table(rows, columns) if rows else "(no scores)"

@@ -106,8 +106,9 @@ def _cmd_retrofit(args: argparse.Namespace) -> None:
 
 
 def _cmd_add_task(args: argparse.Namespace) -> None:
-    from osrm.add_task import add_task, change_table
+    from osrm.add_task import add_task
     from osrm.config import apply_overrides
+    from osrm.history import change_table
 
     fields = apply_overrides({}, args.fields)
     out = add_task(args.run_dir, args.task, fields, retrofit_mu=args.retrofit_mu)

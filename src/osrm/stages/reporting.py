@@ -10,7 +10,7 @@ from pathlib import Path
 from osrm import __version__
 from osrm.config import ExperimentConfig, dump_config
 from osrm.diagnostics import summarise_interference
-from osrm.loaders import read_json
+from osrm.history import history_sections
 from osrm.plots import (
     plot_best_bars,
     plot_budget_drift,
@@ -27,7 +27,7 @@ from osrm.report import (
     results_table,
     table_columns,
 )
-from osrm.rundir import CHANGE_FILE, PLOT_FILES, REPORT_FILES, history_dir, run_path, write_text
+from osrm.rundir import PLOT_FILES, REPORT_FILES, run_path, write_text
 from osrm.verdict import html as verdict_html
 from osrm.verdict import markdown as verdict_markdown
 from osrm.verdict import verdict
@@ -115,37 +115,6 @@ def budget_table(rows: Sequence[Mapping], diagnostics: Sequence[Mapping]) -> lis
         for k in ("own_energy", "other_energy"):  # a few % at most: shown in percent
             row[k] = None if row[k] is None else 100 * row[k]
         out.append(row)
-    return out
-
-
-def change_rows(change: Mapping) -> tuple[list[dict], dict[str, str]]:
-    """Rows and columns of an ``osrm add-task`` before/after table (``before_after.json``): one
-    row per init and model, each task's score ``before → after``."""
-    raw = change["rows"]
-    tasks = list(dict.fromkeys(c.rsplit(" ", 1)[0] for r in raw for c in r if " " in c
-                               and c.endswith((" before", " after"))))  # fmt: skip
-
-    def cell(row: Mapping, task: str) -> str:
-        b, a = row.get(f"{task} before"), row.get(f"{task} after")
-        after = "not scored" if a is None else f"{a:.3f}"
-        return ("—" if a is None else after) if b is None else f"{b:.3f} → {after}"
-
-    rows = [{"init": r["init"], "model": r["model"], **{t: cell(r, t) for t in tasks}}
-            for r in raw]  # fmt: skip
-    return rows, {"init": "init", "model": "model", **{t: t for t in tasks}}
-
-
-def history_sections(cfg: ExperimentConfig, run_dir: Path) -> list[tuple[str, list, dict]]:
-    """(title, rows, columns) of every task added by ``osrm add-task`` that finished."""
-    out = []
-    for n, added in enumerate(cfg.added_tasks, 1):
-        path = history_dir(run_dir, n, added.task) / CHANGE_FILE
-        if not path.is_file():
-            continue
-        mu = added.retrofit_mu
-        how = "" if mu is None else f"; the earlier adapters retrofitted against it at μ = {mu:g}"
-        rows, columns = change_rows(read_json(path, "before/after table"))
-        out.append((f"Added later ({n}): {added.task}{how}. Scores before → after", rows, columns))
     return out
 
 

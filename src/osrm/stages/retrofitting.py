@@ -6,16 +6,27 @@ one more init. A retrofit whose record matches its source adapter and μ is reus
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from osrm import distributed
-from osrm.artifacts import file_sha256, verify_dir
+from osrm.adapters import RECORD_FILE
+from osrm.artifacts import atomic_dir, file_sha256, verify_dir
 from osrm.config import ExperimentConfig
 from osrm.loaders import read_json
 from osrm.merging.deltas import WEIGHTS_FILE
-from osrm.retrofit import RETROFIT_FILE, retrofit_adapters
-from osrm.rundir import budget_dir, retrofit_dir, retrofit_label, stats_file
+from osrm.merging.grams import gram_lookup
+from osrm.merging.loading import load_adapters
+from osrm.merging.record import stats_record
+from osrm.retrofit import (
+    RETROFIT_FILE,
+    retrofit_adapters,
+    retrofit_record,
+    retrofit_sources,
+    write_retrofitted,
+)
+from osrm.rundir import adapter_dir, budget_dir, retrofit_dir, retrofit_label, stats_file
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +81,28 @@ def retrofit_stage(
             if distributed.is_main():
                 retrofit_adapters(src, stats, mu, out, tasks=cfg.task_names)
             distributed.barrier()
+
+
+def retrofit_against(
+    run_dir: Path, inits: Sequence[str], old: Sequence[str], new: str, kept: Path, mu: float
+) -> None:
+    """Each final adapter of the ``old`` tasks retrofitted in place against the ``new`` task's
+    inputs (``μ·E_new‖BA'x‖²``, ``osrm add-task --retrofit-mu``); its original is copied to
+    ``kept/<init>/<task>`` first and is the source of every later try."""
+    new_stats = stats_file(run_dir, new)
+    for init in inits:
+        fresh = adapter_dir(run_dir, init, new)
+        for task in old:
+            live, original = adapter_dir(run_dir, init, task), kept / init / task
+            if not original.is_dir() or verify_dir(original) is not None:
+                with atomic_dir(original) as tmp:
+                    shutil.copytree(live, tmp, dirs_exist_ok=True)
+            stats = [stats_file(run_dir, task), new_stats]
+            if up_to_date(live, original, mu, stats):
+                continue
+            log.info("retrofitting %s/%s against %s at mu=%g", init, task, new, mu)
+            pair = load_adapters([original, fresh])
+            grams = gram_lookup(stats, pair, [task, new])
+            done = retrofit_sources(pair, grams, [task, new], mu)[0]
+            record = retrofit_record(done, mu, stats_record(stats))
+            write_retrofitted(live, done, record, keep=(RECORD_FILE,))
