@@ -27,8 +27,8 @@ def shown_rows(rows: Sequence[Mapping]) -> list[Mapping]:
     out = []
     for key in dict.fromkeys((r["series"], r["init"]) for r in rows):
         mine = [r for r in rows if (r["series"], r["init"]) == key]
-        ta = [r for r in mine if r["method"] == TA and all_after(r) is not None]
-        best = max(ta, key=all_after, default=None)
+        ta = [r for r in mine if r["method"] == TA]
+        best = max((r for r in ta if all_after(r) is not None), key=all_after, default=None)
         at_one = [r for r in ta if r["hp"] == "scale=1.0"]
         picked = [*at_one, *([best] if best and best not in at_one else [])]
         out += [{**r, "pick": [p for p, hit in (("λ=1", r in at_one), ("best λ", r is best))
@@ -95,7 +95,7 @@ def add_task_body(inputs: Inputs, data: dict) -> list[str]:
         f"against the new task (`--retrofit-mu {data['retrofit_mu']:g}`). Scores are merged "
         "scores normalised by each task's individual adapter (the old tasks' average before and "
         "after the addition, the new task's score); cells: mean ± spread over seeds "
-        f"{data['seeds']}. Raw: `{shown(inputs.results / f'{name}.json')}`.",
+        f"{', '.join(map(str, data['seeds']))}. Raw: `{shown(inputs.results / f'{name}.json')}`.",
         "",
         table(rows),
         "",
