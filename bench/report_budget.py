@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from osrm.report import markdown_table
+from report_budget_claims import claim_lines
 from report_common import FIGURES, Inputs, ms, plural, shown, stamp
 
 # columns, in order, when present: each method's best setting with the given weights, then
@@ -137,6 +138,7 @@ def budget_body(inputs: Inputs, data: dict) -> list[str]:
         "",
         diagnostics_table(rows),
         "",
+        *claim_lines(rows),
         "Goal (issue 15): a setting beats `lora` by at least 0.02 normalised average at every "
         "budget for task arithmetic and TIES, by more than the two seed spreads added, with its "
         "single-task average no more than 0.005 below:",

@@ -27,6 +27,7 @@ def load_report():
 
 report = load_report()
 claims = importlib.import_module("report_claims")
+budget_claims = importlib.import_module("report_budget_claims")
 
 
 def stat(mean: float, spread: float = 0.0, n: int = 2) -> dict:
@@ -449,3 +450,42 @@ def test_add_task_section_picks_lambda_and_compares_with_lora(tmp_path):
     assert "task_arithmetic (best λ): best OSRM-family init `osrm` 0.892 vs `lora` 0.844 " \
            "(+4.8 pts" in text  # fmt: skip
     assert "ties: best OSRM-family init `osrm` 0.700 vs `lora` 0.720 (-2.0 pts" in text
+
+
+def test_budget_claims_follow_the_signs_and_spreads():
+    def r(label, step, ta, ties, single, inter, drift, spread=0.01) -> dict:
+        merged = lambda v: {"hp": "", "norm_avg": stat(v, spread, 3),  # noqa: E731
+                            "avg": stat(v * single, spread, 3)}  # fmt: skip
+        return {"label": label, "step": step, "individual": stat(single, 0.0, 3),
+                "task_arithmetic": merged(ta), "ties": merged(ties),
+                "interference": stat(inter, 0.0, 3), "drift_deg": stat(drift, 0.0, 3)}  # fmt: skip
+
+    rows = [
+        r("lora", 100, 0.90, 0.80, 0.70, 0.8, 20),
+        r("lora", 1000, 0.85, 0.75, 0.80, 0.9, 40),
+        r("osrm", 100, 0.95, 0.85, 0.70, 0.7, 10),
+        r("osrm", 1000, 0.90, 0.76, 0.80, 0.75, 30),
+        r("osrm+sub", 100, 0.96, 0.86, 0.69, 0.5, 0),
+        r("osrm+sub", 1000, 0.95, 0.80, 0.79, 0.6, 0),
+        r("lora+rf1", 1000, 0.99, 0.99, 0.80, 0.1, 0),  # post-hoc: never a trained setting
+    ]
+    text = "\n".join(budget_claims.claim_lines(rows))
+    # osrm at 1000: TA +5.0 beyond 0.02, TIES +1.0 within it; osrm+sub beats lora on both everywhere
+    assert "| osrm | 1000 | +5.0 * | +1.0 | +4.0 * | +0.8 | +0.0 | -0.150 |" in text
+    assert "| osrm+sub | 100 | +6.0 * | +6.0 * |" in text and "lora+rf1" not in text
+    assert (
+        "(1000 steps), `osrm+sub` merges better than `lora` beyond the seed spread for both" in text
+    )
+    assert "; `osrm+sub` at every budget." in text
+    assert "`osrm` +0.0, `osrm+sub` -1.0" in text  # single-task at 1000 steps
+    assert "`lora` 20° → 40°, `osrm` 10° → 30°, `osrm+sub` 0° → 0°" in text
+    # over the 6 trained rows (not lora+rf1) interference falls as the merge improves
+    assert "lower interference goes with a better merge (Spearman ρ = -0.97" in text
+    values = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.1)
+    flat = [{**x, "interference": stat(v, 0.0, 3)} for x, v in zip(rows, values, strict=True)]
+    # ρ = -0.68 but p = 0.14 over 6 rows: not called a relation
+    assert "interference and merge quality show no clear relation (Spearman ρ = -0.68" in "\n".join(
+        budget_claims.claim_lines(flat)
+    )
+    worse = [{**x, "task_arithmetic": rows[0]["task_arithmetic"]} for x in rows[:2]]
+    assert budget_claims.claim_lines(worse) == []  # lora alone: nothing to compare
