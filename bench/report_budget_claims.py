@@ -67,37 +67,47 @@ def versus_table(rows: Sequence[Mapping]) -> str:
     return markdown_table(table, columns)
 
 
+def _cells(rows: Sequence[Mapping], label: str, key: str = "norm_avg") -> dict:
+    """(step, method) -> ``label`` − `lora` (see :func:`difference`) where both were measured."""
+    at = _at(rows)
+    return {(s, m): d for s in sorted({r["step"] for r in rows}) for m in MERGES
+            if (label, s) in at and (BASELINE, s) in at
+            and (d := difference(at[label, s], at[BASELINE, s], m, key)) is not None}  # fmt: skip
+
+
+def _where(cells: Sequence[tuple[int, str]]) -> str:
+    names = {"task_arithmetic": "TA", "ties": "TIES"}
+    return ", ".join(f"{names[m]} at {s}" for s, m in cells) or "none"
+
+
 def merged_claim(rows: Sequence[Mapping]) -> str:
     """Does an OSRM-family setting merge better than `lora`, at the largest budget and at all?"""
-    at, last = _at(rows), max(r["step"] for r in rows)
-    steps = sorted({r["step"] for r in rows})
-    wins, every = [], []
+    last = max(r["step"] for r in rows)
+    wins, every, tally, absolute = [], [], [], []
     for label in _trained(rows):
-        ds = {(s, m): difference(at[label, s], at[BASELINE, s], m) for s in steps for m in MERGES
-              if (label, s) in at and (BASELINE, s) in at}  # fmt: skip
-        beats = {k: d is not None and d[0] > 0 and d[1] for k, d in ds.items()}
-        if all(beats.get((last, m)) for m in MERGES):
-            wins.append(label)
-        if ds and all(beats.values()):
-            every.append(label)
-    top = ", ".join(f"`{x}`" for x in wins)
-    first = (f"At the largest budget ({last} steps), {top} merge{'s' if len(wins) == 1 else ''} "
-             f"better than `{BASELINE}` beyond the seed spread for both task arithmetic and TIES"
-             if wins else
-             f"At the largest budget ({last} steps), no OSRM-family setting merges better than "
-             f"`{BASELINE}` beyond the seed spread for both task arithmetic and TIES")  # fmt: skip
-    rest = (f"; {', '.join(f'`{x}`' for x in every)} at every budget." if every else
-            "; none does so at every budget.")  # fmt: skip
-    absolute = []
-    for label in _trained(rows):
-        ds = [difference(at[label, last], at[BASELINE, last], m, "avg") if (label, last) in at
-              and (BASELINE, last) in at else None for m in MERGES]  # fmt: skip
-        if None not in ds:
-            absolute.append(f"`{label}` " + " / ".join(_points(d) for d in ds))
+        ds = _cells(rows, label)
+        ahead = [k for k, (d, beyond) in ds.items() if beyond and d > 0]
+        behind = [k for k, (d, beyond) in ds.items() if beyond and d < 0]
+        wins += [label] if all((last, m) in ahead for m in MERGES) else []
+        every += [label] if ds and len(ahead) == len(ds) else []
+        tally.append(
+            f"`{label}` is ahead in {len(ahead)} of {len(ds)} (method, budget) cells "
+            f"({_where(ahead)}) and behind in {len(behind)} ({_where(behind)})"
+        )
+        final = [_cells(rows, label, "avg").get((last, m)) for m in MERGES]
+        if None not in final:
+            absolute.append(f"`{label}` " + " / ".join(_points(d) for d in final))
+    first = (f"At the largest budget ({last} steps), "
+             + (f"{', '.join(f'`{x}`' for x in wins)} merge{'s' if len(wins) == 1 else ''} "
+                f"better than `{BASELINE}`" if wins else
+                f"no OSRM-family setting merges better than `{BASELINE}`")
+             + " beyond the seed spread for both task arithmetic and TIES; "
+             + (f"{', '.join(f'`{x}`' for x in every)} at every budget." if every else
+                "none does so at every budget."))  # fmt: skip
     tail = (f" In absolute merged average at {last} steps (points against `{BASELINE}`, TA / "
             f"TIES): {', '.join(absolute)}." if absolute else "")  # fmt: skip
-    return f"**Merged quality.** {first}{rest}{tail} (Differences per budget in the table " \
-           "above; * = beyond the two seed spreads added.)"  # fmt: skip
+    return (f"**Merged quality.** {first} Beyond the seed spread, {'; '.join(tally)}.{tail} "
+            "(Normalised averages; per budget in the table above.)")  # fmt: skip
 
 
 def single_claim(rows: Sequence[Mapping]) -> str:
