@@ -477,8 +477,8 @@ def test_budget_claims_follow_the_signs_and_spreads():
         "(1000 steps), `osrm+sub` merges better than `lora` beyond the seed spread for both" in text
     )
     assert "; `osrm+sub` at every budget." in text
-    assert "`osrm` is ahead in 3 of 4 (method, budget) cells (TA at 100, TIES at 100, TA at 1000) " \
-           "and behind in 0 (none)" in text  # fmt: skip
+    tally = "(TA at 100, TIES at 100, TA at 1000) and behind in 0 (none)"
+    assert f"`osrm` is ahead in 3 of 4 (method, budget) cells {tally}" in text
     assert "`osrm` +0.0, `osrm+sub` -1.0" in text  # single-task at 1000 steps
     assert "`lora` 20° → 40°, `osrm` 10° → 30°, `osrm+sub` 0° → 0°" in text
     # over the 6 trained rows (not lora+rf1) interference falls as the merge improves
