@@ -21,8 +21,9 @@ diagnostics and job record: no weights) in `bench/results/budget[-VARIANT]-runs/
 committed, so the study resumes on another machine, and a run is taken from there only when its
 overrides and configs/offline-suite.yaml are those of the rerun.
 
-    python bench/budget.py            # about 3 hours on 2 CPU cores
-    python bench/budget.py --quick    # about 15 minutes: 4 tasks, 1 seed, short budgets
+    python bench/budget.py               # about 3 hours on 2 CPU cores
+    python bench/budget.py --quick       # about 15 minutes: 4 tasks, 1 seed, short budgets
+    python bench/budget.py --kept-only   # the JSON and figures from the committed runs alone
 """
 
 from __future__ import annotations
@@ -158,9 +159,19 @@ def run_osrm(
 
 
 def run_jobs(
-    jobs: list[tuple], limits: dict, root: Path, kept: Path, done: list[dict], save
-) -> None:
-    """Run (label, init, extra, seed) jobs two at a time; ``save(done)`` after each one."""
+    jobs: list[tuple], limits: dict, root: Path, kept: Path, done: list[dict], save,
+    kept_only: bool = False,
+) -> None:  # fmt: skip
+    """Run (label, init, extra, seed) jobs two at a time; ``save(done)`` after each one. With
+    ``kept_only`` run nothing: take the jobs whose records are kept and skip the others."""
+    if kept_only:
+        for label, init, extra, seed in jobs:
+            name = f"seed{seed}-{label}"
+            args = overrides(limits, seed, init, extra, root / name)
+            if (job := kept_job(kept / name, args)) is not None:
+                done.append(job)
+        save(done)
+        return
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(run_job, *job, limits, root, kept) for job in jobs]
         for future in futures:
@@ -169,7 +180,8 @@ def run_jobs(
 
 
 def main() -> dict:
-    args, name = common.variant_args(__doc__, "bench/results/budget[-VARIANT].json")
+    flags = {"--kept-only": "run nothing: write the JSON and figures from the kept run records"}
+    args, name = common.variant_args(__doc__, "bench/results/budget[-VARIANT].json", flags)
     limits = LIMITS[name]
     root = Path(args.run_root or REPO / "runs" / "bench" / f"budget-{name}")
     root.mkdir(parents=True, exist_ok=True)
@@ -181,6 +193,10 @@ def main() -> dict:
     def save(jobs: list[dict]) -> dict:
         result = budget_summary.summarise(name, limits, jobs, time.perf_counter() - start, COMMON)
         result["command"] = "python bench/budget.py" + ("" if name == "full" else f" --{name}")
+        if args.kept_only:  # nothing ran: the runs' own times are in job_seconds
+            result["command"] += " --kept-only"
+            result["wall_seconds"] = None
+        result["planned_runs"] = len(limits["seeds"]) * (len(INITS) + len(VARIANTS))
         result["environment"] = env
         budget_summary.plot(result, figures / f"budget-{name}")
         common.write_json(out, result, indent=1)
@@ -188,12 +204,18 @@ def main() -> dict:
 
     seeds = limits["seeds"]
     kept = out.with_name(f"{out.stem}-runs")
-    run_jobs([(i, i, [], s) for s in seeds for i in INITS], limits, root, kept, done, save)
-    best = budget_summary.best_family_init(save(done), FAMILY)
-    variants = [(f"{best}+{v}", best, extra, s) for s in seeds for v, extra in VARIANTS.items()]
-    run_jobs(variants, limits, root, kept, done, save)
+    inits = [(i, i, [], s) for s in seeds for i in INITS]
+    run_jobs(inits, limits, root, kept, done, save, args.kept_only)
+    if len(done) == len(inits):  # the variants build on the best init over every seed
+        best = budget_summary.best_family_init(save(done), FAMILY)
+        variants = [(f"{best}+{v}", best, extra, s) for s in seeds for v, extra in VARIANTS.items()]
+        run_jobs(variants, limits, root, kept, done, save, args.kept_only)
+    bases = {j["init"] for j in done if j["label"] != j["init"]}
     result = save(done)
-    print(f"wrote {out} ({result['wall_seconds']:.0f} s; variants on {best})")
+    print(
+        f"wrote {out} ({len(done)} of {result['planned_runs']} runs; variants on "
+        f"{', '.join(bases) or 'none yet'})"
+    )
     return result
 
 

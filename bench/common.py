@@ -12,7 +12,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
@@ -42,13 +42,18 @@ def add_json(
     parser.add_argument("--json", default=default, help=help)
 
 
-def variant_args(doc: str | None, json_default: str) -> tuple[argparse.Namespace, str]:
+def variant_args(
+    doc: str | None, json_default: str, flags: Mapping[str, str] | None = None
+) -> tuple[argparse.Namespace, str]:
     """Parse the options of a benchmark with full / --quick / --smoke variants (``--run-root``,
-    ``--json``); returns the arguments and the variant's name."""
+    ``--json``, and the benchmark's own on/off ``flags``: name -> help); returns the arguments
+    and the variant's name."""
     parser = new_parser(doc)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--run-root", default=None)
+    for name, text in (flags or {}).items():
+        parser.add_argument(name, action="store_true", help=text)
     add_json(parser, help=f"default: {json_default}")
     args = parser.parse_args()
     return args, next((n for n in ("smoke", "quick") if getattr(args, n)), "full")

@@ -106,6 +106,17 @@ def issue16_lines(data: Mapping) -> list[str]:
     return lines
 
 
+def runs_line(data: Mapping) -> str:
+    """``9 of 15 planned runs (…)``: how much of the study the file holds and what it cost."""
+    done, planned = len(data["jobs"]), data.get("planned_runs")
+    hours = sum(j["seconds"] for j in data["jobs"]) / 3600
+    left = "" if not planned or done >= planned else f" of {planned} planned; the rest not run yet"
+    return (
+        f"{plural(done, 'run')}{left} ({hours:.1f} h of run time in all, two runs at a time, "
+        "each single-threaded)"
+    )
+
+
 def budget_body(inputs: Inputs, data: dict) -> list[str]:
     """The section's lines from ``budget.json``."""
     rows, variant = data["headline"], data.get("variant", "full")
@@ -119,7 +130,7 @@ def budget_body(inputs: Inputs, data: dict) -> list[str]:
         f"{plural(len(data['tasks']), 'task')} ({', '.join(data['tasks'])}); budgets "
         f"{', '.join(map(str, data['budgets']))} steps along one trajectory per run; settings "
         f"{', '.join(f'`{x}`' for x in labels)}; "
-        f"{plural(len(data['jobs']), 'run')}. Cells: mean ± spread over seeds (the mean alone "
+        f"{runs_line(data)}. Cells: mean ± spread over seeds (the mean alone "
         "for one seed); task arithmetic at the λ with the best mean normalised average (in "
         "parentheses). `+sub` = "
         "`lora.a_subspace` = rank, `+pen` = `train.interference_penalty` = 1. Raw: "
