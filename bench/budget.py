@@ -84,16 +84,19 @@ def overrides(limits: dict, seed: int, init: str, extra: list[str], run_dir: Pat
 
 
 def run_job(
-    label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path, kept: Path
-) -> dict:
+    label: str, init: str, extra: list[str], seed: int, limits: dict, root: Path, kept: Path,
+    run: bool = True,
+) -> dict | None:  # fmt: skip
     """One run of the study (see :func:`run_osrm`), in ``root/seed<seed>-<label>``, its record
-    kept in ``kept/seed<seed>-<label>`` (see :func:`kept_job`)."""
+    kept in ``kept/seed<seed>-<label>`` (see :func:`kept_job`); with ``run`` False only the
+    kept record (None when there is none)."""
     run_dir = root / f"seed{seed}-{label}"
     args = overrides(limits, seed, init, extra, run_dir)
     record = {"label": label, "init": init, "seed": seed}
-    return kept_job(kept / run_dir.name, args) or keep_job(
-        run_osrm(run_dir, args, record, "budget_diagnostics.json"), kept / run_dir.name
-    )
+    job = kept_job(kept / run_dir.name, args)
+    if job is not None or not run:
+        return job
+    return keep_job(run_osrm(run_dir, args, record, "budget_diagnostics.json"), kept / run_dir.name)
 
 
 def _fingerprint(args: list[str], config: Path = CONFIG) -> dict:
@@ -165,12 +168,8 @@ def run_jobs(
     """Run (label, init, extra, seed) jobs two at a time; ``save(done)`` after each one. With
     ``kept_only`` run nothing: take the jobs whose records are kept and skip the others."""
     if kept_only:
-        for label, init, extra, seed in jobs:
-            name = f"seed{seed}-{label}"
-            args = overrides(limits, seed, init, extra, root / name)
-            if (job := kept_job(kept / name, args)) is not None:
-                done.append(job)
-        save(done)
+        found = (run_job(*job, limits, root, kept, run=False) for job in jobs)
+        done += [j for j in found if j is not None]
         return
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [pool.submit(run_job, *job, limits, root, kept) for job in jobs]
