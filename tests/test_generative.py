@@ -83,10 +83,34 @@ def test_loss_is_the_answer_tokens_cross_entropy_only(lm):
         assert float(lm(**unmasked).loss) != pytest.approx(loss, rel=1e-3)
 
 
+class EveryLogit(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep``: every position's logits come back."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids)  # fmt: skip
+
+
+def tiny_gpt2():
+    """Learned absolute positions: left padding scores right only with the right position_ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                     pad_token_id=0, eos_token_id=3, bos_token_id=2)  # fmt: skip
+    return GPT2LMHeadModel(cfg).eval()
+
+
+@pytest.mark.parametrize("model", ["llama", "gpt2", "no-logits-to-keep"])
 @pytest.mark.parametrize("verbalisers", [["w10", "w11", "w12"], ["w10", "w11 w12", "w13 w14 w15"]],
                          ids=["single-token", "multi-token"])  # fmt: skip
-def test_verbaliser_scores_equal_direct_log_likelihoods(lm, verbalisers):
+def test_verbaliser_scores_equal_direct_log_likelihoods(lm, verbalisers, model):
     tok = tiny_decoder_tokenizer()
+    lm = {"llama": lm, "gpt2": tiny_gpt2(), "no-logits-to-keep": EveryLogit(lm)}[model]
     got = verbaliser_logprobs(lm, tok, PROMPTS, verbalisers, batch_size=2)
     assert got.shape == (3, 3) and got.dtype == torch.float64
     for i, prompt in enumerate(PROMPTS):
@@ -196,9 +220,10 @@ def test_prompt_rules_and_rendering():
 # ------------------------------------------------------------------ osrm run, end to end
 
 
-def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
+def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm, monkeypatch):
     """Statistics on the prompts, adapters with no head that load in vanilla peft, verbaliser
-    scores for base (zero-shot), individual and merged models; a mixed run is refused."""
+    scores for base (zero-shot, scored once for all inits), individual and merged models; a mixed
+    run is refused."""
     import json
 
     from peft import PeftModel
@@ -229,9 +254,17 @@ def test_osrm_run_generative_tasks_on_a_tiny_llama(tmp_path, lm):
         "eval": {"max_eval_examples": 12},
         "merge": {"methods": {"task_arithmetic": {"scale": [1.0]}}, "save": True},
     }))  # fmt: skip
+    import osrm.stages.evaluation as stage
+
+    scored, evaluate = [], stage.evaluate
+    monkeypatch.setattr(stage, "evaluate", lambda *a, **k: scored.append(1) or evaluate(*a, **k))
     assert main(["-q", "run", str(config)]) == 0
+    # per task: 2 individual adapters, 2 merges (one per init), the base model once
+    assert len(scored) == 2 * 5
     run = tmp_path / "run"
     rows = read_results(run / "results.jsonl")
+    base = {(r.init, r.task): r.scores for r in rows if r.kind == "base"}
+    assert base[("lora", "low")] == base[("osrm", "low")] and len(base) == 4
     kinds = {(r.init, r.kind, r.task) for r in rows}
     for init in ("lora", "osrm"):
         for task in ("low", "high"):

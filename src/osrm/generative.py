@@ -12,6 +12,7 @@ for ``max_length`` loses its beginning (its end holds the question).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from inspect import signature
 
 import numpy as np
 import torch
@@ -75,6 +76,17 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def left_pad(seqs: Sequence[list[int]], pad_id: int) -> dict[str, Tensor]:
+    """Left-padded (batch, seq) ``input_ids``, ``attention_mask`` and ``position_ids`` (0 at each
+    sequence's first token): every sequence ends in the last column, where scoring and
+    generation read it."""
+    width = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + list(s) for s in seqs])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs])
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}  # fmt: skip
+
+
 def verbaliser_logprobs(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -87,40 +99,41 @@ def verbaliser_logprobs(
     """(n, k) float64: log p(verbaliser k | prompt i), the sum over the verbaliser's tokens.
 
     One forward per (prompt, verbaliser) pair, batched; with single-token verbalisers one
-    forward per prompt gives every label (the next-token distribution after the prompt).
+    forward per prompt gives every label (the next-token distribution after the prompt). Only
+    the positions that predict answer tokens go through the output layer and the softmax.
     """
     answers = answer_ids(tokenizer, verbalisers)
     longest = max(len(a) for a in answers)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     heads = [prompt_ids(tokenizer, p, max_length - longest) for p in prompts]
-    device = next(model.parameters()).device
     if longest == 1:  # all single tokens: one forward per prompt
-        rows, cols = [{"input_ids": h} for h in heads], torch.tensor([a[0] for a in answers])
-        out = []
-        for chunk in _chunks(rows, batch_size):
-            batch = pad_batch(chunk, pad)
-            logp = _logsoftmax(model, batch, device)
-            last = batch["attention_mask"].sum(1) - 1  # the prompt's last position
-            out.append(logp[torch.arange(len(chunk)), last][:, cols])
-        return torch.cat(out)
-    pairs = [{"input_ids": h + a, "labels": [IGNORE] * len(h) + a} for h in heads for a in answers]
+        cols = torch.tensor([a[0] for a in answers])
+        return torch.cat([_last_logprobs(model, left_pad(chunk, pad), 1)[:, 0, cols]
+                          for chunk in _chunks(heads, batch_size)])  # fmt: skip
+    pairs = [(h + a, len(a)) for h in heads for a in answers]
     sums = []
     for chunk in _chunks(pairs, batch_size):
-        batch = pad_batch(chunk, pad)
-        logp = _logsoftmax(model, batch, device)[:, :-1]  # position t predicts token t + 1
-        target = batch["labels"][:, 1:]
-        keep = target != IGNORE
-        picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        sums.append((picked * keep).sum(1))
+        batch = left_pad([seq for seq, _ in chunk], pad)
+        width = batch["input_ids"].shape[1]
+        keep = min(longest + 1, width)  # the last answer token needs no prediction after it
+        logp = _last_logprobs(model, batch, keep)[:, :-1]  # column c predicts token c + 1
+        spots = torch.arange(width - keep + 1, width)  # positions of the predicted tokens
+        answer = spots[None, :] >= width - torch.tensor([n for _, n in chunk])[:, None]
+        target = batch["input_ids"][:, width - keep + 1 :]
+        picked = logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        sums.append((picked * answer).sum(1))
     return torch.cat(sums).view(len(prompts), len(answers))
 
 
-def _logsoftmax(model: nn.Module, batch: dict[str, Tensor], device: torch.device) -> Tensor:
+def _last_logprobs(model: nn.Module, batch: dict[str, Tensor], keep: int) -> Tensor:
+    """(batch, keep, vocab) float64 next-token log-probabilities at the last ``keep`` positions
+    of a left-padded batch; models that accept ``logits_to_keep`` compute no other logits."""
+    device = next(model.parameters()).device
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    takes = "logits_to_keep" in signature(inner.forward).parameters
+    cut = {"logits_to_keep": keep} if takes else {}  # others: every logit, sliced below
     with torch.no_grad():
-        logits = model(
-            input_ids=batch["input_ids"].to(device),
-            attention_mask=batch["attention_mask"].to(device),
-        ).logits
+        logits = model(**{k: v.to(device) for k, v in batch.items()}, **cut).logits[:, -keep:]
     if not bool(torch.isfinite(logits).all()):
         raise OsrmError("the model's outputs (logits) hold NaN or Inf; not scored")
     return torch.log_softmax(logits.double(), -1).cpu()
@@ -178,12 +191,11 @@ def greedy_answers(
     heads = [prompt_ids(tokenizer, p, max_length - max_new) for p in prompts]
     device, answers = next(model.parameters()).device, []
     for chunk in _chunks(heads, batch_size):
-        width = max(len(h) for h in chunk)
-        ids = torch.tensor([[pad] * (width - len(h)) + h for h in chunk], device=device)
-        mask = torch.tensor([[0] * (width - len(h)) + [1] * len(h) for h in chunk], device=device)
+        batch = left_pad(chunk, pad)  # generate() derives the positions from the mask itself
+        ids, width = batch["input_ids"].to(device), batch["input_ids"].shape[1]
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new,
-                                 do_sample=False, pad_token_id=pad,
+            out = model.generate(input_ids=ids, attention_mask=batch["attention_mask"].to(device),
+                                 max_new_tokens=max_new, do_sample=False, pad_token_id=pad,
                                  eos_token_id=tokenizer.eos_token_id)  # fmt: skip
         for row in out[:, width:].tolist():
             end = row.index(tokenizer.eos_token_id) if tokenizer.eos_token_id in row else len(row)

@@ -11,6 +11,7 @@ import itertools
 import logging
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +193,21 @@ def _score(cfg: ExperimentConfig, model: nn.Module, tok, spec: TaskSpec, **key: 
     return Result(task=spec.name, metric=metric, score=scores[metric], scores=scores, **key)
 
 
+def _base(
+    cfg: ExperimentConfig, backbone: nn.Module, tok, spec: TaskSpec, head: Mapping[str, Tensor],
+    zero_shot: dict[str, Result], **series: Any,
+) -> Result:  # fmt: skip
+    """The base model's result for one series. A generative task's base has no head, so its
+    (zero-shot) score is the same for every init and budget: scored once, kept in ``zero_shot``."""
+    if spec.format == "generate" and spec.name in zero_shot:
+        return replace(zero_shot[spec.name], **series)
+    with use_head(backbone, head) as model:
+        result = _score(cfg, model, tok, spec, kind="base", **series)
+    if spec.format == "generate":
+        zero_shot[spec.name] = result
+    return result
+
+
 def eval_stage(
     cfg: ExperimentConfig,
     run_dir: Path,
@@ -208,11 +224,14 @@ def eval_stage(
     of the final adapters only), and so are the ``merge.retrofit`` series (:func:`adapter_series`).
     """
     path = run_path(run_dir, RESULTS_FILE)
-    done = {(r.key, r.task) for r in read_results(path)}
+    results = read_results(path)
+    done = {(r.key, r.task) for r in results}
+    zero_shot = {r.task: r for r in results if r.kind == "base" and r.task in specs
+                 and specs[r.task].format == "generate"}  # fmt: skip
     grid = merge_grid(cfg)
     backbone, tok = load_base(cfg, generate=generative(specs.values()))
     for init, step, dirs in adapter_series(cfg, run_dir, adapters):
-        _eval_adapters(cfg, run_dir, specs, (backbone, tok), dirs, grid, done,
+        _eval_adapters(cfg, run_dir, specs, (backbone, tok, zero_shot), dirs, grid, done,
                        scored=cfg.task_names if scored is None else scored,
                        init=init, step=step)  # fmt: skip
     distributed.barrier()
@@ -236,7 +255,7 @@ def _eval_adapters(
     cfg: ExperimentConfig,
     run_dir: Path,
     specs: Mapping[str, TaskSpec],
-    base: tuple[nn.Module, Any],
+    base: tuple[nn.Module, Any, dict[str, Result]],
     dirs: Sequence[Path],
     grid: Sequence[tuple[str, dict[str, Any]]],
     done: set,
@@ -244,8 +263,9 @@ def _eval_adapters(
     **series: Any,
 ) -> None:
     """Base, individual and merged scores of one set of adapters (one per task, in task order)
-    whose results carry ``series`` (``init``, ``step``); settings in ``done`` are skipped."""
-    path, (backbone, tok), tasks = run_path(run_dir, RESULTS_FILE), base, cfg.task_names
+    whose results carry ``series`` (``init``, ``step``); settings in ``done`` are skipped.
+    ``base``: the backbone, its tokenizer and the zero-shot results of generative tasks."""
+    path, (backbone, tok, zero_shot), tasks = run_path(run_dir, RESULTS_FILE), base, cfg.task_names
     init, step = series["init"], series["step"]
     # generative tasks have no head: the backbone answers every task from its prompt
     heads = {t: adapter_head(d) if specs[t].format == "classify" else {}
@@ -257,8 +277,8 @@ def _eval_adapters(
             model, _ = load_adapter_model(cfg, adapter_dir, specs[task])
             _append(path, _score(cfg, model, tok, specs[task], kind="individual", **series))
         if ((init, "base", "", "", step), task) not in done:
-            with use_head(backbone, heads[task]) as model:
-                _append(path, _score(cfg, model, tok, specs[task], kind="base", **series))
+            result = _base(cfg, backbone, tok, specs[task], heads[task], zero_shot, **series)
+            _append(path, result)
     sources = load_adapters(dirs)
     grams, solved = None, {}  # auto weights depend on the adapters only: solved once per mode
     for method, hp in grid:
