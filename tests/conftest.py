@@ -204,6 +204,7 @@ SMALL = [
 
 
 DEMO_TASKS = ("trec", "sms_spam", "vader_movies")  # 6 classes, 2 classes, regression
+DEMO_INIT = "contrast"  # the quick demo's OSRM-family init (besides lora)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import DEMO_TASKS
+from conftest import DEMO_INIT, DEMO_TASKS
 from osrm.cli import COMMANDS, main
 from osrm.evaluate import evaluate
 from osrm.merging import load_head, read_manifest
@@ -23,7 +23,7 @@ from osrm.tasks.registry import get_task
 @pytest.mark.slow
 def test_quick_demo_small_end_to_end(quick_demo):
     run, out = quick_demo
-    assert "| lora | individual |" in out and "| osrm | merged | ties |" in out
+    assert "| lora | individual |" in out and f"| {DEMO_INIT} | merged | ties |" in out
     assert "report:" in out and (run / "report.html").is_file()
     results = read_results(run / "results.jsonl")
     assert {r.task for r in results} == set(DEMO_TASKS)
@@ -62,9 +62,9 @@ def test_merged_demo_adapters_score_every_task_as_the_pipeline(
     """`osrm merge` of the demo's real adapters (three label counts), `osrm eval --merged` for
     every task, and plain transformers + the documented head loader: the pipeline's scores."""
     run, _ = quick_demo
-    expected = _pipeline_scores(run, "osrm", *setting)
+    expected = _pipeline_scores(run, DEMO_INIT, *setting)
     assert set(expected) == set(DEMO_TASKS)
-    adapters = [str(run / "adapters" / "osrm" / t) for t in DEMO_TASKS]
+    adapters = [str(run / "adapters" / DEMO_INIT / t) for t in DEMO_TASKS]
     out = tmp_path / "merged"
     assert main(["-q", "merge", *adapters, *flags, "--format", fmt, "--out", str(out)]) == 0
     common = ["--max-examples", "24", "--max-length", "64", "--batch-size", "64"]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import osrm
-from conftest import DEMO_TASKS
+from conftest import DEMO_INIT, DEMO_TASKS
 from osrm.cli import main
 from osrm.metrics import compute_metrics
 from osrm.report import read_results
@@ -51,9 +51,9 @@ def _score(run, init: str, kind: str, method: str = "", hp: str = "") -> dict[st
 
 @pytest.fixture(scope="module")
 def merged(quick_demo, tmp_path_factory):
-    """The demo's osrm adapters merged by `osrm merge`: {format: directory}."""
+    """The demo's OSRM-family adapters merged by `osrm merge`: {format: directory}."""
     run, _ = quick_demo
-    adapters = [str(run / "adapters" / "osrm" / t) for t in DEMO_TASKS]
+    adapters = [str(run / "adapters" / DEMO_INIT / t) for t in DEMO_TASKS]
     flags = {"dense": ["--method", "ties", "--density", "0.2"],
              "lora": ["--method", "task_arithmetic", "--scale", "0.5"]}  # fmt: skip
     out = {}
@@ -70,7 +70,7 @@ def test_predict_gives_back_the_pipeline_metric_for_every_task(
     quick_demo, merged, tmp_path, fmt, setting, tol
 ):
     run, _ = quick_demo
-    expected = _score(run, "osrm", "merged", *setting)
+    expected = _score(run, DEMO_INIT, "merged", *setting)
     for task in DEMO_TASKS:  # 6 classes, 2 classes, regression
         inputs, labels = _inputs(tmp_path, task)
         out = tmp_path / f"{task}.predictions.jsonl"
