@@ -60,8 +60,8 @@ def diagnostics_table(rows: Sequence[Mapping]) -> str:
 
 
 def goal_lines(goal: Mapping) -> list[str]:
-    """The goal check, one line per setting: its smallest merged gain over `lora` and its
-    largest single-task loss, each with where it happens."""
+    """The goal check, one line per setting: its merged gain over `lora` with the least margin
+    over the seed spreads and its largest single-task loss, each with where it happens."""
     lines = []
     for label, g in goal.items():
         if not g["checks"]:
@@ -70,7 +70,8 @@ def goal_lines(goal: Mapping) -> list[str]:
         single = min(g["checks"], key=lambda c: c["single_diff"])
         verdict = "**met**" if g["met"] else "not met"
         lines.append(
-            f"- `{label}`: {verdict}. Smallest gain in normalised merged average over `lora`: "
+            f"- `{label}`: {verdict}. Closest call (gain in normalised merged average over `lora`, "
+            "least above the seed spreads): "
             f"{gain['diff']:+.3f} ({gain['method']}, {gain['step']} steps; seed spreads added "
             f"{gain['spread']:.3f}); single-task average at worst {single['single_diff']:+.3f} "
             f"({single['step']} steps)."
