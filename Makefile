@@ -44,7 +44,7 @@ test: install
 demo: install
 	$(VENV)/bin/osrm demo
 
-# Every benchmark in bench/ (about 2 hours on 2 CPU cores, plus several for bench/budget.py), then docs/RESULTS.md from the JSON.
+# Every benchmark in bench/ (about 2 hours on 2 CPU cores, plus about 8 for bench/budget.py), then docs/RESULTS.md from the JSON.
 bench: install
 	$(PY) bench/all.py
 
