@@ -1,14 +1,16 @@
 """Benchmark: add a task to a merged model later (issue 18, `osrm add-task`).
 
 Per seed: one `osrm run` of configs/offline-suite.yaml (all-MiniLM-L6-v2, r=8 on query/value) on
-5 real tasks with the inits `lora`, `osrm` and `contrast` (the OSRM family), then a 6th task added
-by `osrm add-task` to a copy of that run twice: alone, and with the old adapters retrofitted
-against the new task (`--retrofit-mu 1`). Reported per init and merge method (task arithmetic
-at scale 1 and its best λ, TIES): the 5 old tasks' merged average before and after the addition
-and the new task's merged score, normalised by the individual adapters (mean ± spread over the
-seeds). Every process single-threaded, the two seeds side by side; a finished step is reused.
+5 real tasks with the inits `lora` and `contrast`, the OSRM-family setting the budget study found
+best: `contrast` trained with the interference penalty (`train.interference_penalty=1`, which
+leaves `lora` untouched); then a 6th task added by `osrm add-task` to a copy of that run twice:
+alone, and with the old adapters retrofitted against the new task (`--retrofit-mu 1`). Reported
+per init and merge method (task arithmetic at scale 1 and its best λ, TIES): the 5 old tasks'
+merged average before and after the addition and the new task's merged score, normalised by the
+individual adapters (mean ± spread over the seeds). Every process single-threaded, the two seeds
+side by side; a finished step is reused.
 
-    python bench/add_task.py            # 2 seeds
+    python bench/add_task.py            # 2 seeds, about 1 hour on 2 CPU cores
     python bench/add_task.py --quick    # 3 + 1 tasks, 1 seed, 60 steps
 """
 
@@ -34,7 +36,8 @@ OLD, NEW = "rotten_tomatoes,trec,sms_spam,vader_movies,epistemic_reasoning", "tw
 QUICK_OLD = "rotten_tomatoes,trec,sms_spam"
 GRID = "merge.methods={task_arithmetic: {scale: [0.4, 0.6, 0.8, 1.0]}, ties: {density: 0.2}}"
 MU = 1.0
-INITS = ("lora", "osrm", "contrast")
+INITS = ("lora", "contrast")
+PENALTY = 1.0
 
 
 def overrides(name: str, seed: int, run_dir: Path) -> list[str]:
@@ -45,7 +48,8 @@ def overrides(name: str, seed: int, run_dir: Path) -> list[str]:
         f"tasks=[{tasks}]", f"lora.inits=[{','.join(INITS)}]", f"train.steps={steps}",
         "train.lr=2.0e-3", "train.batch_size=16", "train.max_length=64", "stats.max_length=64",
         f"stats.examples={stats}", f"eval.max_eval_examples={evals}",
-        "subspace.modes=[cov, contrast]", GRID, f"seed={seed}", f"run_dir={run_dir}",
+        f"train.interference_penalty={PENALTY}", "subspace.modes=[contrast]", GRID,
+        f"seed={seed}", f"run_dir={run_dir}",
     ]  # fmt: skip
 
 
@@ -125,6 +129,7 @@ def main() -> dict:
     old = (OLD if name == "full" else QUICK_OLD).split(",")
     result = {"benchmark": "add_task", "variant": name, "seeds": seeds, "old_tasks": old,
               "new_task": NEW, "retrofit_mu": MU, "inits": list(INITS),
+              "interference_penalty": PENALTY,
               "config": "configs/offline-suite.yaml", "overrides": overrides(name, 0, root)[:-2],
               "jobs": jobs, "rows": summarise(root, seeds, old), "environment": env,
               "command": "python bench/add_task.py" + ("" if name == "full" else f" --{name}"),

@@ -21,7 +21,7 @@ diagnostics and job record: no weights) in `bench/results/budget[-VARIANT]-runs/
 committed, so the study resumes on another machine, and a run is taken from there only when its
 overrides and configs/offline-suite.yaml are those of the rerun.
 
-    python bench/budget.py               # about 8 hours on 2 CPU cores (15 runs of ~1.1 h, 2 at a time)
+    python bench/budget.py               # about 8 h on 2 CPU cores (15 runs of ~1.1 h, 2 at a time)
     python bench/budget.py --quick       # about 30 minutes: 4 tasks, 1 seed, short budgets
     python bench/budget.py --kept-only   # the JSON and figures from the committed runs alone
 """

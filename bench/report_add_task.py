@@ -92,7 +92,11 @@ def add_task_body(inputs: Inputs, data: dict) -> list[str]:
         f"{k} tasks ({', '.join(f'`{t}`' for t in data['old_tasks'])}) trained and merged, then "
         f"`{data['new_task']}` added by `osrm add-task` from the old tasks' statistics only: "
         f"`added` keeps the old adapters, `added+rf{data['retrofit_mu']:g}` retrofits them "
-        f"against the new task (`--retrofit-mu {data['retrofit_mu']:g}`). Scores are merged "
+        f"against the new task (`--retrofit-mu {data['retrofit_mu']:g}`)"
+        + (f"; OSRM-family adapters (the new one too) trained with the interference penalty "
+           f"`train.interference_penalty={data['interference_penalty']:g}`"
+           if data.get("interference_penalty") else "")
+        + ". Scores are merged "
         "scores normalised by each task's individual adapter (the old tasks' average before and "
         "after the addition, the new task's score); cells: mean ± spread over seeds "
         f"{', '.join(map(str, data['seeds']))}. Raw: `{shown(inputs.results / f'{name}.json')}`.",
