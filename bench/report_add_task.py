@@ -86,19 +86,18 @@ def add_task_body(inputs: Inputs, data: dict) -> list[str]:
     name = "add_task" if data.get("variant") == "full" else f"add_task-{data.get('variant')}"
     k = len(data["old_tasks"])
     rows = shown_rows([{**r, "n_old": k} for r in data["rows"]])
+    mu = data.get("interference_penalty")
+    penalty = (f"; OSRM-family adapters (the new one too) trained with the interference penalty "
+               f"`train.interference_penalty={mu:g}`" if mu else "")  # fmt: skip
     return [
         stamp(inputs, name, data),
         "",
         f"{k} tasks ({', '.join(f'`{t}`' for t in data['old_tasks'])}) trained and merged, then "
         f"`{data['new_task']}` added by `osrm add-task` from the old tasks' statistics only: "
         f"`added` keeps the old adapters, `added+rf{data['retrofit_mu']:g}` retrofits them "
-        f"against the new task (`--retrofit-mu {data['retrofit_mu']:g}`)"
-        + (f"; OSRM-family adapters (the new one too) trained with the interference penalty "
-           f"`train.interference_penalty={data['interference_penalty']:g}`"
-           if data.get("interference_penalty") else "")
-        + ". Scores are merged "
-        "scores normalised by each task's individual adapter (the old tasks' average before and "
-        "after the addition, the new task's score); cells: mean ± spread over seeds "
+        f"against the new task (`--retrofit-mu {data['retrofit_mu']:g}`){penalty}. Scores are "
+        "merged scores normalised by each task's individual adapter (the old tasks' average before "
+        "and after the addition, the new task's score); cells: mean ± spread over seeds "
         f"{', '.join(map(str, data['seeds']))}. Raw: `{shown(inputs.results / f'{name}.json')}`.",
         "",
         table(rows),
