@@ -7,10 +7,11 @@ leaves `lora` untouched); then a 6th task added by `osrm add-task` to a copy of 
 alone, and with the old adapters retrofitted against the new task (`--retrofit-mu 1`). Reported
 per init and merge method (task arithmetic at scale 1 and its best λ, TIES): the 5 old tasks'
 merged average before and after the addition and the new task's merged score, normalised by the
-individual adapters (mean ± spread over the seeds). Every process single-threaded, the two seeds
-side by side; a finished step is reused.
+individual adapters as they were before the addition and raw, beside each init's single-task
+averages (mean ± spread over the seeds). Every process single-threaded, the two seeds side by
+side; a finished step is reused (a rerun that ran nothing keeps the recorded wall time).
 
-    python bench/add_task.py            # 2 seeds, about 1 hour on 2 CPU cores
+    python bench/add_task.py            # 2 seeds, 43 min on 2 CPU cores
     python bench/add_task.py --quick    # 3 + 1 tasks, 1 seed, 60 steps
 """
 
@@ -79,7 +80,9 @@ def seed_job(name: str, seed: int, root: Path) -> dict:
 
 
 def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
-    """Per init × merged setting: old tasks' normalised average before and after, new task's."""
+    """Per init × merged setting: the old tasks' merged average before and after, the new task's,
+    normalised by the adapters as they were before the addition (the user's reference, also for
+    retrofitted ones) and raw (``*_abs``: the main metric, comparable across inits)."""
     before = read_results(run / "history" / f"1-{NEW}" / BEFORE_FILE)
     after = read_results(run / "results.jsonl")
 
@@ -89,24 +92,29 @@ def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
 
     single_b, single_a = scores(before, "individual"), scores(after, "individual")
     merged_b, merged_a = scores(before, "merged"), scores(after, "merged")
+    reference = {**single_a, **single_b}  # the new task's adapter, the old ones before
 
-    def norm(merged: dict, single: dict, key: tuple, tasks: list[str]) -> float | None:
+    def norm(merged: dict, key: tuple, tasks: list[str]) -> float | None:
         """As `osrm.report.results_table`'s norm_avg: none unless every individual score > 0."""
-        own = [single[key[0], "", "", t] for t in tasks]
+        own = [reference[key[0], "", "", t] for t in tasks]
         if min(own) <= 0:
             return None
         return sum(merged[(*key, t)] / o for t, o in zip(tasks, own, strict=True)) / len(tasks)
 
+    def avg(table: dict, key: tuple, tasks: list[str]) -> float:
+        return sum(table[(*key, t)] for t in tasks) / len(tasks)
+
     out = []
     for init, method, hp in sorted({k[:3] for k in merged_a}):
-        key = (init, method, hp)
+        key, single = (init, method, hp), (init, "", "")
         out.append({
             "series": label, "seed": seed, "init": init, "method": method, "hp": hp,
-            "old_before": norm(merged_b, single_b, key, old),
-            "old_after": norm(merged_a, single_a, key, old),
-            "new": norm(merged_a, single_a, key, [NEW]),
-            "old_single_before": sum(single_b[init, "", "", t] for t in old) / len(old),
-            "old_single_after": sum(single_a[init, "", "", t] for t in old) / len(old),
+            "old_before": norm(merged_b, key, old), "old_after": norm(merged_a, key, old),
+            "new": norm(merged_a, key, [NEW]),
+            "old_before_abs": avg(merged_b, key, old), "old_after_abs": avg(merged_a, key, old),
+            "new_abs": merged_a[(*key, NEW)],
+            "old_single_before": avg(single_b, single, old),
+            "old_single_after": avg(single_a, single, old), "new_single": single_a[(*single, NEW)],
         })  # fmt: skip
     return out
 
@@ -114,7 +122,17 @@ def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
 def summarise(root: Path, seeds: list[int], old: list[str]) -> list[dict]:
     rows = [r for s in seeds for label in ("added", f"added+rf{MU:g}")
             for r in rows_of(root / f"seed{s}-{label}", label, s, old)]  # fmt: skip
-    cols = ["old_before", "old_after", "new", "old_single_before", "old_single_after"]
+    cols = [
+        "old_before",
+        "old_after",
+        "new",
+        "old_before_abs",
+        "old_after_abs",
+        "new_abs",
+        "old_single_before",
+        "old_single_after",
+        "new_single",
+    ]
     return pool(rows, ["series", "init", "method", "hp"], cols)
 
 
@@ -124,6 +142,10 @@ def main() -> dict:
     root = Path(args.run_root or REPO / "runs" / "bench" / f"add-task-{name}")
     out = Path(args.json or common.RESULTS / f"add_task{'' if name == 'full' else '-' + name}.json")
     start, env = time.perf_counter(), common.environment()
+    done = [root / f"seed{s}-{label}" / "history" / f"1-{NEW}" / CHANGE_FILE for s in seeds
+            for label in ("added", f"added+rf{MU:g}")]  # fmt: skip
+    reused = out.is_file() and all(p.is_file() for p in done)  # nothing will run
+    earlier = json.loads(out.read_text()) if reused else {}
     with ThreadPoolExecutor(max_workers=2) as executor:
         jobs = list(executor.map(lambda s: seed_job(name, s, root), seeds))
     old = (OLD if name == "full" else QUICK_OLD).split(",")
@@ -133,7 +155,7 @@ def main() -> dict:
               "config": "configs/offline-suite.yaml", "overrides": overrides(name, 0, root)[:-2],
               "jobs": jobs, "rows": summarise(root, seeds, old), "environment": env,
               "command": "python bench/add_task.py" + ("" if name == "full" else f" --{name}"),
-              "wall_seconds": time.perf_counter() - start}  # fmt: skip
+              "wall_seconds": earlier.get("wall_seconds", time.perf_counter() - start)}  # fmt: skip
     common.write_json(out, result, indent=1)
     print(f"wrote {out} ({result['wall_seconds']:.0f} s)")
     return result

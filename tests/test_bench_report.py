@@ -423,7 +423,12 @@ def test_add_task_section_picks_lambda_and_compares_with_lora(tmp_path):
         return {"series": series, "init": init, "method": method, "hp": hp,
                 "old_before": stat(before, 0.01), "old_after": stat(after, 0.02),
                 "new": stat(new, 0.03), "old_single_before": stat(0.8),
-                "old_single_after": stat(0.8 if series == "added" else 0.79)}  # fmt: skip
+                "old_single_after": stat(0.8 if series == "added" else 0.79),
+                # raw: the individual adapters score 0.8 (lora) and 0.7 (osrm)
+                "old_after_abs": stat(after * single[init]), "new_abs": stat(new * single[init]),
+                "new_single": stat(single[init])}  # fmt: skip
+
+    single = {"lora": 0.8, "osrm": 0.7}
 
     rows = [
         r("added", "lora", "task_arithmetic", "scale=0.6", 0.90, 0.88, 0.70),
@@ -441,15 +446,19 @@ def test_add_task_section_picks_lambda_and_compares_with_lora(tmp_path):
     text = out.read_text().split("## Adding a task later")[1].split("\n## ")[0]
     # lora, all tasks after: λ=0.6 (4·0.88 + 0.70)/5 = 0.844 beats λ=1 (4·0.80 + 0.90)/5 = 0.820
     lora_at_one = ("| added | lora | task_arithmetic | scale=1.0 (λ=1) | 0.800 ± 0.000 → "
-                   "0.800 ± 0.000 | 0.850 ± 0.010 | 0.800 ± 0.020 | -5.0 pts | 0.900 ± 0.030 "
-                   "| 0.820 |")  # fmt: skip
+                   "0.800 ± 0.000 | 0.800 ± 0.000 | 0.850 ± 0.010 | 0.800 ± 0.020 | -5.0 pts "
+                   "| 0.900 ± 0.030 | 0.820 | 0.656 |")  # fmt: skip
     assert lora_at_one in text
     assert "| scale=0.6 (best λ) |" in text and "| 0.844 |" in text
     # osrm: λ=1 is also its best λ (0.892): one row, marked as both
     assert text.count("| added | osrm | task_arithmetic |") == 1 and "(λ=1, best λ)" in text
+    # raw: osrm (4·0.88 + 0.94)·0.7/5 = 0.6244, lora 0.844·0.8 = 0.6752
     assert "task_arithmetic (best λ): best OSRM-family init `osrm` 0.892 vs `lora` 0.844 " \
-           "(+4.8 pts" in text  # fmt: skip
-    assert "ties: best OSRM-family init `osrm` 0.700 vs `lora` 0.720 (-2.0 pts" in text
+           "normalised (+4.8 pts), -5.1 pts raw," in text  # fmt: skip
+    assert "| scale=0.6 (best λ) |" in text and "| 0.844 | 0.675 |" in text
+    assert "ties: best OSRM-family init `osrm` 0.700 vs `lora` 0.720 normalised (-2.0 pts)" in text
+    assert "- Individual adapters, raw main metric: `lora` 0.800 (old) / 0.800 (new); " \
+           "`osrm` 0.800 (old) / 0.700 (new)." in text  # fmt: skip
 
 
 def test_budget_claims_follow_the_signs_and_spreads():

@@ -170,8 +170,8 @@ COMMANDS: dict[str, Command] = {
     "add-task": Command(
         add_task_options, _cmd_add_task,
         "add a task to a trained run from the old tasks' statistics only, then merge again",
-        ("osrm add-task runs/demo trec",
-         "osrm add-task runs/demo trec --retrofit-mu 0.5",
+        ("osrm add-task runs/demo vitaminc",
+         "osrm add-task runs/demo vitaminc --retrofit-mu 0.5",
          "osrm add-task runs/demo reviews 'files={train: reviews.csv}' text_fields=review "
          "label_field=stars 'label_names=[1, 2, 3, 4, 5]'"),
     ),
