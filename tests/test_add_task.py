@@ -193,3 +193,47 @@ def test_bad_inputs_leave_the_run_untouched(grown, tmp_path, capsys):
     _refused(run, ["mid", *fields], capsys, "another base model")
     path.unlink()  # a run without statistics
     _refused(run, ["mid", *fields], capsys, "needs every task's statistics")
+
+
+class Interrupted(Exception):
+    """Stands for a kill: raised by a patched step of the addition."""
+
+
+def _kept_results(run) -> set:
+    return {(r.kind, r.init, r.method, r.hp, r.task, r.step, r.score)
+            for r in read_results(run / "results.jsonl")}  # fmt: skip
+
+
+@pytest.mark.parametrize("step", ["keep_valid_results", "score_and_report"])
+def test_an_interrupted_addition_is_finished_by_running_it_again(grown, tmp_path, monkeypatch,
+                                                                    capsys, step):  # fmt: skip
+    """Killed after the retrofit (before the config lists the task) or while scoring (after):
+    running the same command again ends where an uninterrupted addition ends; another μ is
+    refused while it is unfinished."""
+    args = ["mid", *grown["fields"], "--retrofit-mu", "2"]
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    for path in (reference, run):
+        shutil.copytree(grown["pristine"], path)
+    assert main(["-q", "add-task", str(reference), *args]) == 0
+
+    def crash(*a, **k):
+        raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(f"osrm.add_task.{step}", crash)
+        with pytest.raises(Interrupted):
+            main(["-q", "add-task", str(run), *args])
+    assert not (run / "history" / "1-mid" / CHANGE_FILE).exists()
+    resumed = step == "score_and_report"  # the config was written before scoring
+    assert (load_config(run / "config.yaml").task_names[-1] == "mid") == resumed
+    capsys.readouterr()
+    wrong = ["mid", *grown["fields"]] + (["--retrofit-mu", "1"] if resumed else [])
+    _refused(run, wrong, capsys, "--retrofit-mu")
+    assert main(["-q", "add-task", str(run), *args]) == 0
+    same = [k for k in tree(reference) if k.startswith(("adapters/", "stats/", "history/"))
+            and k.endswith(".safetensors")]  # fmt: skip
+    assert same and {k: tree(run)[k] for k in same} == {k: tree(reference)[k] for k in same}
+    assert _kept_results(run) == _kept_results(reference)
+    assert load_config(run / "config.yaml") == load_config(reference / "config.yaml").model_copy(
+        update={"run_dir": load_config(run / "config.yaml").run_dir}
+    )

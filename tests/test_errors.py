@@ -164,6 +164,10 @@ CASES = [
     Case("add-task-stats-other-model", "add-task: the run's statistics of another base model",
          add_task("more", reseal_stats(edit_stats(meta=lambda m: m.update(fingerprint="0" * 16)))),
          "another base model"),
+    Case("add-task-unfinished-retrofit", "add-task: an interrupted retrofitting addition rerun "
+         "without --retrofit-mu",
+         add_task("more", lambda run: (run / "history" / "1-more" / "adapters").mkdir(
+             parents=True)), "run it again with its --retrofit-mu"),  # fmt: skip
     Case("add-task-no-stats", "add-task: a run without statistics",
          add_task("more", lambda run: (run / "stats" / "low.safetensors").unlink()),
          "needs every task's statistics"),

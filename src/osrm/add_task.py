@@ -153,7 +153,27 @@ def plan_addition(
             if problem:
                 raise OsrmError(f"{adapter}: {problem}; add-task grows a trained run (run "
                                 "`osrm run` on its config first)")  # fmt: skip
-    return Addition(cfg, old, task, history_of(cfg, run_dir), specs, old is not recorded)
+    history = history_of(cfg, run_dir)
+    check_unfinished(run_dir, recorded if old is not recorded else None, history, retrofit_mu)
+    return Addition(cfg, old, task, history, specs, old is not recorded)
+
+
+def check_unfinished(
+    run_dir: Path, recorded: ExperimentConfig | None, history: Path, mu: float | None
+) -> None:
+    """An interrupted addition is finished only with the ``--retrofit-mu`` it started with
+    (``recorded``: the config that lists it already; else its kept originals show a retrofit)."""
+    if recorded is None:
+        if mu is None and (history / "adapters").is_dir():
+            raise OsrmError(f"{history / 'adapters'}: an interrupted addition retrofitted the "
+                            "old adapters; run it again with its --retrofit-mu")  # fmt: skip
+        return
+    started = recorded.added_tasks[-1].retrofit_mu
+    if mu != started:
+        shown = ["none" if m is None else f"{m:g}" for m in (started, mu)]
+        raise OsrmError(f"{run_dir / CONFIG_FILE}: the interrupted addition of "
+                        f"{recorded.added_tasks[-1].task!r} was started with --retrofit-mu "
+                        f"{shown[0]}; run it again with the same (given: {shown[1]})")  # fmt: skip
 
 
 def _grown(
