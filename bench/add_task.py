@@ -9,7 +9,8 @@ per init and merge method (task arithmetic at scale 1 and its best λ, TIES): th
 merged average before and after the addition and the new task's merged score, normalised by the
 individual adapters as they were before the addition and raw, beside each init's single-task
 averages (mean ± spread over the seeds). Every process single-threaded, the two seeds side by
-side; a finished step is reused (a rerun that ran nothing keeps the recorded wall time).
+side; a finished step is reused (a rerun that ran nothing keeps the recorded wall time and
+environment).
 
     python bench/add_task.py            # 2 seeds, 43 min on 2 CPU cores
     python bench/add_task.py --quick    # 3 + 1 tasks, 1 seed, 60 steps
@@ -39,6 +40,7 @@ GRID = "merge.methods={task_arithmetic: {scale: [0.4, 0.6, 0.8, 1.0]}, ties: {de
 MU = 1.0
 INITS = ("lora", "contrast")
 PENALTY = 1.0
+ADDITIONS = {"added": [], f"added+rf{MU:g}": ["--retrofit-mu", str(MU)]}  # label -> add-task args
 
 
 def overrides(name: str, seed: int, run_dir: Path) -> list[str]:
@@ -54,9 +56,14 @@ def overrides(name: str, seed: int, run_dir: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def finished(grown: Path) -> bool:
+    """Whether `osrm add-task` of the new task finished in ``grown``."""
+    return (grown / "history" / f"1-{NEW}" / CHANGE_FILE).is_file()
+
+
 def add(run_dir: Path, grown: Path, extra: list[str]) -> float:
     """`osrm add-task` of the new task on a copy of ``run_dir`` (reused when finished)."""
-    if (grown / "history" / f"1-{NEW}" / CHANGE_FILE).is_file():
+    if finished(grown):
         return json.loads((grown / "add_task_job.json").read_text())["seconds"]
     if not grown.is_dir():
         shutil.copytree(run_dir, grown, ignore=shutil.ignore_patterns("job.json"))
@@ -74,7 +81,7 @@ def seed_job(name: str, seed: int, root: Path) -> dict:
     run_dir = root / f"seed{seed}"
     job = budget.run_osrm(run_dir, overrides(name, seed, run_dir), {"seed": seed})
     times = {}
-    for label, extra in (("added", []), (f"added+rf{MU:g}", ["--retrofit-mu", str(MU)])):
+    for label, extra in ADDITIONS.items():
         times[label] = add(run_dir, root / f"seed{seed}-{label}", extra)
     return {**job, "add_seconds": times}
 
@@ -120,19 +127,10 @@ def rows_of(run: Path, label: str, seed: int, old: list[str]) -> list[dict]:
 
 
 def summarise(root: Path, seeds: list[int], old: list[str]) -> list[dict]:
-    rows = [r for s in seeds for label in ("added", f"added+rf{MU:g}")
+    rows = [r for s in seeds for label in ADDITIONS
             for r in rows_of(root / f"seed{s}-{label}", label, s, old)]  # fmt: skip
-    cols = [
-        "old_before",
-        "old_after",
-        "new",
-        "old_before_abs",
-        "old_after_abs",
-        "new_abs",
-        "old_single_before",
-        "old_single_after",
-        "new_single",
-    ]
+    cols = ["old_before", "old_after", "new", "old_before_abs", "old_after_abs", "new_abs",
+            "old_single_before", "old_single_after", "new_single"]  # fmt: skip
     return pool(rows, ["series", "init", "method", "hp"], cols)
 
 
@@ -142,9 +140,9 @@ def main() -> dict:
     root = Path(args.run_root or REPO / "runs" / "bench" / f"add-task-{name}")
     out = Path(args.json or common.RESULTS / f"add_task{'' if name == 'full' else '-' + name}.json")
     start, env = time.perf_counter(), common.environment()
-    done = [root / f"seed{s}-{label}" / "history" / f"1-{NEW}" / CHANGE_FILE for s in seeds
-            for label in ("added", f"added+rf{MU:g}")]  # fmt: skip
-    reused = out.is_file() and all(p.is_file() for p in done)  # nothing will run
+    reused = out.is_file() and all(
+        finished(root / f"seed{s}-{label}") for s in seeds for label in ADDITIONS
+    )  # nothing will run
     earlier = json.loads(out.read_text()) if reused else {}
     with ThreadPoolExecutor(max_workers=2) as executor:
         jobs = list(executor.map(lambda s: seed_job(name, s, root), seeds))
@@ -153,7 +151,8 @@ def main() -> dict:
               "new_task": NEW, "retrofit_mu": MU, "inits": list(INITS),
               "interference_penalty": PENALTY,
               "config": "configs/offline-suite.yaml", "overrides": overrides(name, 0, root)[:-2],
-              "jobs": jobs, "rows": summarise(root, seeds, old), "environment": env,
+              "jobs": jobs, "rows": summarise(root, seeds, old),
+              "environment": earlier.get("environment", env),
               "command": "python bench/add_task.py" + ("" if name == "full" else f" --{name}"),
               "wall_seconds": earlier.get("wall_seconds", time.perf_counter() - start)}  # fmt: skip
     common.write_json(out, result, indent=1)

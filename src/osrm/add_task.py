@@ -58,6 +58,7 @@ from osrm.tasks.registry import TASKS, load_task, task_spec
 from osrm.tasks.spec import TaskSpec, generative
 
 log = logging.getLogger(__name__)
+KEPT = "adapters"  # history/<n>-<task>/adapters: the originals of retrofitted old adapters
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def add_task(
                          for t in plan.old.task_names})  # fmt: skip
         start_history(plan.history, run_dir)
         if retrofit_mu is not None:
-            kept = run_path(plan.history, "adapters")
+            kept = run_path(plan.history, KEPT)
             retrofit_against(run_dir, cfg.lora.inits, plan.old.task_names, task, kept, retrofit_mu)
         if not plan.resumed:  # the grown run from here on
             keep_valid_results(plan, run_dir)
@@ -164,8 +165,8 @@ def check_unfinished(
     """An interrupted addition is finished only with the ``--retrofit-mu`` it started with
     (``recorded``: the config that lists it already; else its kept originals show a retrofit)."""
     if recorded is None:
-        if mu is None and (history / "adapters").is_dir():
-            raise OsrmError(f"{history / 'adapters'}: an interrupted addition retrofitted the "
+        if mu is None and (history / KEPT).is_dir():
+            raise OsrmError(f"{history / KEPT}: an interrupted addition retrofitted the "
                             "old adapters; run it again with its --retrofit-mu")  # fmt: skip
         return
     started = recorded.added_tasks[-1].retrofit_mu
